@@ -1,0 +1,232 @@
+"""The configure, observe and remove steps of ``DockerDaemonConfig``.
+
+Each step opens one SSH connection and runs everything over it: a facts
+script, one SFTP upload and one apply script, then the mutual-TLS check from
+this machine. A failed first configure removes what it placed on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from typing import Any
+
+from provider import daemon_config, remote_scripts, tlsprobe
+from provider.errors import DockerMachineError, HostNotSupportedError
+from provider.pki import IssuedCertificate
+from provider.progress import report
+from provider.sshsession import RemoteSession, SSHTarget, open_session
+
+# Guessing a host's kind (a mistyped address reaching another machine) is
+# worse than a clear refusal, so the facts below must all hold.
+_SUPPORTED_HINT = (
+    "this provisioner configures Docker through systemd on Debian or Ubuntu "
+    "hosts that already have Docker installed (for example the docker.io package)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigureRequest:
+    """Everything the remote steps need about one machine."""
+
+    machine_name: str
+    address: str
+    ssh_port: int
+    ssh_user: str
+    ssh_private_key: str = dataclasses.field(repr=False)
+    host_key: str | None
+    engine_port: int
+    ca_cert_pem: str
+    client_cert_pem: str
+    client_key_pem: str = dataclasses.field(repr=False)
+
+    def target(self) -> SSHTarget:
+        """Return the SSH login for this machine."""
+        return SSHTarget(
+            self.address,
+            self.ssh_port,
+            self.ssh_user,
+            self.ssh_private_key,
+            self.host_key,
+        )
+
+    @property
+    def docker_host(self) -> str:
+        """Return the ``DOCKER_HOST`` URL of this machine."""
+        return tlsprobe.docker_host_url(self.address, self.engine_port)
+
+
+def _describe_file(content: bytes, mode: str) -> str:
+    """Describe a placed file the way the observe script does."""
+    digest = hashlib.sha256(content).hexdigest()
+    return f"{digest} {int(mode, 8):o} root:root"
+
+
+def applied_state(files: dict[str, bytes]) -> dict[str, Any]:
+    """Return what the observe script prints right after ``files`` are placed."""
+    described = {}
+    for staged, destination, mode in remote_scripts.PLACED_FILES:
+        if destination.endswith(".pem"):
+            described[destination] = _describe_file(files[staged], mode)
+    return {
+        "daemon_json": files["daemon.json"].decode(),
+        "dropin": files["dropin.conf"].decode(),
+        "files": dict(sorted(described.items())),
+        "docker_active": "active",
+    }
+
+
+async def _read_facts(session: RemoteSession, name: str) -> dict[str, str]:
+    result = await session.run_script(
+        remote_scripts.FACTS_SCRIPT, "reading host facts", as_root=False
+    )
+    facts = remote_scripts.parse_emitted(result.stdout)
+    host = session.target.host
+    if facts.get("systemd") != "yes":
+        raise HostNotSupportedError(
+            f"{name}: {host} does not run systemd; {_SUPPORTED_HINT}"
+        )
+    if not facts.get("dockerd") or not facts.get("unit"):
+        raise HostNotSupportedError(
+            f"{name}: Docker is not installed on {host} (no dockerd or no "
+            f"docker.service unit); {_SUPPORTED_HINT}"
+        )
+    return facts
+
+
+def _render_files(
+    request: ConfigureRequest, server: IssuedCertificate, facts: dict[str, str]
+) -> dict[str, bytes]:
+    try:
+        base = daemon_config.parse_daemon_json(facts.get("base_daemon_json", ""))
+    except ValueError as error:
+        raise HostNotSupportedError(
+            f"{request.machine_name}: {daemon_config.DAEMON_JSON_PATH} on "
+            f"{request.address} is not valid JSON ({error}); fix or remove it so "
+            f"its settings can be kept alongside the TLS settings"
+        ) from None
+    replaced = daemon_config.replaced_keys(base, request.engine_port)
+    if replaced:
+        report(
+            f"{request.machine_name}: replacing {', '.join(replaced)} from the "
+            f"host's existing daemon.json with the TLS settings"
+        )
+    return {
+        "ca.pem": request.ca_cert_pem.encode(),
+        "server.pem": server.cert_pem.encode(),
+        "server-key.pem": server.key_pem.encode(),
+        "daemon.json": daemon_config.render_daemon_json(
+            base, request.engine_port
+        ).encode(),
+        "dropin.conf": daemon_config.render_dropin(facts["unit"]).encode(),
+    }
+
+
+async def _verify_tls(request: ConfigureRequest) -> dict:
+    report(f"{request.machine_name}: checking mutual TLS on {request.docker_host}")
+    version = await asyncio.to_thread(
+        tlsprobe.wait_for_daemon,
+        request.address,
+        request.engine_port,
+        request.ca_cert_pem,
+        request.client_cert_pem,
+        request.client_key_pem,
+    )
+    await asyncio.to_thread(
+        tlsprobe.check_rejects_anonymous,
+        request.address,
+        request.engine_port,
+        request.ca_cert_pem,
+    )
+    return version
+
+
+async def _place_and_verify(
+    session: RemoteSession, request: ConfigureRequest, server: IssuedCertificate
+) -> dict[str, Any]:
+    name = request.machine_name
+    facts = await _read_facts(session, name)
+    files = _render_files(request, server, facts)
+    staging = facts["staging"]
+
+    report(f"{name}: uploading the certificates and daemon configuration")
+    try:
+        await session.upload(files, staging)
+    except BaseException:
+        await session.run_script(
+            'rm -rf "$1"\n',
+            "removing the staging directory",
+            args=(staging,),
+            as_root=False,
+            check=False,
+        )
+        raise
+
+    report(
+        f"{name}: restarting Docker with the TLS listener on port {request.engine_port}"
+    )
+    result = await session.run_script(
+        remote_scripts.APPLY_SCRIPT, "restarting Docker", args=(staging,)
+    )
+    observed = remote_scripts.observed_state(
+        remote_scripts.parse_emitted(result.stdout)
+    )
+
+    version = await _verify_tls(request)
+    report(f"{name}: Docker {version.get('Version')} answers on {request.docker_host}")
+    return {
+        "docker_host": request.docker_host,
+        "docker_version": version.get("Version", ""),
+        "applied": applied_state(files),
+        "observed": observed,
+    }
+
+
+async def configure_host(
+    request: ConfigureRequest, server: IssuedCertificate, *, undo_on_failure: bool
+) -> dict[str, Any]:
+    """Place the certificates and configuration, restart Docker, check mTLS.
+
+    With ``undo_on_failure`` (a first configure), a failure removes what was
+    placed and restarts Docker on its Unix socket before the error is raised;
+    a failure of that cleanup is added to the error.
+    """
+    report(f"{request.machine_name}: connecting to {request.target().label}")
+    async with open_session(request.target()) as session:
+        try:
+            return await _place_and_verify(session, request, server)
+        except DockerMachineError as error:
+            if undo_on_failure and not isinstance(error, HostNotSupportedError):
+                await _undo(session, request, error)
+            raise
+
+
+async def _undo(
+    session: RemoteSession, request: ConfigureRequest, error: DockerMachineError
+) -> None:
+    report(f"{request.machine_name}: configure failed, removing what it placed")
+    try:
+        await session.run_script(
+            remote_scripts.REMOVE_SCRIPT, "removing the TLS settings"
+        )
+    except DockerMachineError as cleanup_error:
+        error.add_note(f"cleanup also failed: {cleanup_error}")
+
+
+async def observe_host(request: ConfigureRequest) -> dict[str, Any]:
+    """Return the configuration as the host has it now (for refresh)."""
+    async with open_session(request.target()) as session:
+        result = await session.run_script(
+            remote_scripts.OBSERVE_ONLY_SCRIPT, "reading the Docker configuration"
+        )
+    return remote_scripts.observed_state(remote_scripts.parse_emitted(result.stdout))
+
+
+async def unconfigure_host(request: ConfigureRequest) -> None:
+    """Remove the TLS listener and certificates; Docker keeps its Unix socket."""
+    report(f"{request.machine_name}: removing the TLS listener from {request.address}")
+    async with open_session(request.target()) as session:
+        await session.run_script(
+            remote_scripts.REMOVE_SCRIPT, "removing the TLS settings"
+        )

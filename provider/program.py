@@ -1,0 +1,232 @@
+"""The Pulumi program: machines from the stack configuration, and the outputs.
+
+The stack configuration lists the machines under ``machines``; every machine
+gets a Host and a DockerDaemonConfig, and all share one CertAuthority. The
+output names and nesting below are a public contract (see the README), read
+by the command-line tool and by other stacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from provider import certdir, checks
+from provider.errors import InvalidInputError
+from provider.resources import CertAuthority, DockerDaemonConfig, Host
+
+MACHINE_KEYS = {
+    "name",
+    "driver",
+    "address",
+    "sshPort",
+    "sshUser",
+    "sshPrivateKey",
+    "sshPrivateKeyFile",
+    "sshHostKey",
+    "extraSans",
+    "enginePort",
+}
+CERT_AUTHORITY_KEYS = {"algorithm", "validityDays", "clientValidityDays", "commonName"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineSpec:
+    """One entry of the ``machines`` list; values are checked by the resources."""
+
+    name: str
+    driver: str
+    address: Any
+    ssh_port: Any
+    ssh_user: Any
+    ssh_private_key: str = dataclasses.field(repr=False)
+    ssh_host_key: Any
+    extra_sans: Any
+    engine_port: Any
+
+
+def _read_key_file(path_text: str, where: str) -> str:
+    path = Path(path_text).expanduser()
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise InvalidInputError(
+            f"{where}.sshPrivateKeyFile",
+            path_text,
+            f"cannot be read ({error.strerror}); give the path of an existing "
+            f"private key file on this machine",
+        ) from None
+
+
+def _private_key(entry: dict[str, Any], where: str) -> str:
+    inline = entry.get("sshPrivateKey")
+    key_file = entry.get("sshPrivateKeyFile")
+    if inline and key_file:
+        raise InvalidInputError(
+            f"{where}.sshPrivateKeyFile",
+            key_file,
+            "give either sshPrivateKey or sshPrivateKeyFile, not both",
+        )
+    if not inline and not key_file:
+        raise InvalidInputError(
+            f"{where}.sshPrivateKey",
+            None,
+            "missing; set sshPrivateKeyFile to a key file path, or set the key "
+            "itself as a secret: pulumi config set --secret --path "
+            f"'{where}.sshPrivateKey' < KEYFILE",
+        )
+    return inline if inline else _read_key_file(key_file, where)
+
+
+def parse_machine(entry: Any, index: int) -> MachineSpec:
+    """Read one ``machines`` entry.
+
+    Only the structure is checked here (a mapping, known settings, a name,
+    a readable key file); each value is checked by the resources' ``check``,
+    so a program written against the resources directly gets the same checks.
+    """
+    where = f"machines[{index}]"
+    if not isinstance(entry, dict):
+        raise InvalidInputError(where, entry, "must be a mapping with name and address")
+    unknown = sorted(set(entry) - MACHINE_KEYS)
+    if unknown:
+        raise InvalidInputError(
+            f"{where}.{unknown[0]}", entry[unknown[0]],
+            f"unknown setting; the settings of a machine are "
+            f"{', '.join(sorted(MACHINE_KEYS))}",
+        )
+    if "address" not in entry:
+        raise InvalidInputError(
+            f"{where}.address", None, "missing; give the IP address or DNS name of the host"
+        )
+    return MachineSpec(
+        # The name becomes part of resource names, so it is checked here.
+        name=checks.check_machine_name(entry.get("name"), f"{where}.name"),
+        driver=entry.get("driver", "generic"),
+        address=entry["address"],
+        ssh_port=entry.get("sshPort", 22),
+        ssh_user=entry.get("sshUser", "root"),
+        ssh_private_key=_private_key(entry, where),
+        ssh_host_key=entry.get("sshHostKey"),
+        extra_sans=entry.get("extraSans", []),
+        engine_port=entry.get("enginePort", 2376),
+    )
+
+
+def parse_machines(entries: Any) -> list[MachineSpec]:
+    """Validate the ``machines`` list; names must be unique."""
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInputError(
+            "machines",
+            entries,
+            "must be a non-empty list of machines, each with at least name and address",
+        )
+    machines = [parse_machine(entry, index) for index, entry in enumerate(entries)]
+    seen: dict[str, int] = {}
+    for index, machine in enumerate(machines):
+        if machine.name in seen:
+            raise InvalidInputError(
+                f"machines[{index}].name",
+                machine.name,
+                f"duplicate machine name, already used by machines[{seen[machine.name]}]; "
+                f"give every machine its own name",
+            )
+        seen[machine.name] = index
+    return machines
+
+
+def parse_cert_authority(settings: Any) -> dict[str, Any]:
+    """Map the optional ``certAuthority`` settings to CertAuthority arguments."""
+    settings = settings or {}
+    if not isinstance(settings, dict):
+        raise InvalidInputError("certAuthority", settings, "must be a mapping")
+    unknown = sorted(set(settings) - CERT_AUTHORITY_KEYS)
+    if unknown:
+        raise InvalidInputError(
+            f"certAuthority.{unknown[0]}",
+            settings[unknown[0]],
+            f"unknown setting; use {', '.join(sorted(CERT_AUTHORITY_KEYS))}",
+        )
+    names = {
+        "algorithm": "algorithm",
+        "validityDays": "validity_days",
+        "clientValidityDays": "client_validity_days",
+        "commonName": "common_name",
+    }
+    return {names[key]: value for key, value in settings.items()}
+
+
+def _write_cert_dir(directory: Path, values: list[str]) -> str:
+    if not pulumi.runtime.is_dry_run():
+        certdir.write_cert_dir(directory, *values)
+    return str(directory)
+
+
+def declare_machine(
+    machine: MachineSpec, ca: CertAuthority, project: str, stack: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Declare one machine's resources; return its public and secret outputs."""
+    host = Host(
+        f"{machine.name}-host",
+        address=machine.address,
+        ssh_port=machine.ssh_port,
+        ssh_user=machine.ssh_user,
+        ssh_private_key=pulumi.Output.secret(machine.ssh_private_key),
+        host_key=machine.ssh_host_key,
+        driver=machine.driver,
+    )
+    directory = certdir.cert_path(project, stack, machine.name)
+    daemon = DockerDaemonConfig(
+        f"{machine.name}-docker",
+        machine_name=machine.name,
+        host=host,
+        cert_authority=ca,
+        extra_sans=machine.extra_sans,
+        engine_port=machine.engine_port,
+        cert_path=str(directory),
+    )
+    # Written after the daemon answers, from the same outputs another stack reads.
+    cert_path = pulumi.Output.all(
+        ca.ca_cert_pem, ca.client_cert_pem, ca.client_key_pem, daemon.docker_host
+    ).apply(lambda values: _write_cert_dir(directory, values[:3]))
+    # The path is no secret even though the key written there is.
+    cert_path = pulumi.Output.unsecret(cert_path)
+    public = {
+        "DOCKER_HOST": daemon.docker_host,
+        "DOCKER_TLS_VERIFY": daemon.tls_verify,
+        "DOCKER_CERT_PATH": cert_path,
+        "DOCKER_MACHINE_NAME": machine.name,
+        "driver": machine.driver,
+        "address": host.address,
+        "sshPort": host.ssh_port,
+        "sshUser": host.ssh_user,
+        "sshHostKey": host.host_key,
+        "dockerVersion": daemon.docker_version,
+        "caCertPem": ca.ca_cert_pem,
+        "clientCertPem": ca.client_cert_pem,
+        "serverCertNotAfter": daemon.server_cert_not_after,
+    }
+    secret = {
+        "clientKeyPem": ca.client_key_pem,
+        "sshPrivateKey": host.ssh_private_key,
+    }
+    return public, secret
+
+
+def main() -> None:
+    """Declare every machine of the stack configuration and export the outputs."""
+    config = pulumi.Config()
+    machines = parse_machines(config.require_object("machines"))
+    ca = CertAuthority("ca", **parse_cert_authority(config.get_object("certAuthority")))
+
+    public: dict[str, Any] = {}
+    secret: dict[str, Any] = {}
+    for machine in machines:
+        public[machine.name], secret[machine.name] = declare_machine(
+            machine, ca, pulumi.get_project(), pulumi.get_stack()
+        )
+    pulumi.export("machines", public)
+    pulumi.export("machineSecrets", pulumi.Output.secret(secret))

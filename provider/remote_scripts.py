@@ -1,0 +1,194 @@
+"""Shell scripts run on the host, and the parser for what they print.
+
+Each script is POSIX sh, travels on stdin (never on the command line), and
+prints ``key=base64(value)`` lines so file contents survive intact. The
+scripts hold no secret: keys reach the host over SFTP.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from provider.daemon_config import (
+    CA_CERT_PATH,
+    DAEMON_JSON_PATH,
+    DROPIN_PATH,
+    SERVER_CERT_PATH,
+    SERVER_KEY_PATH,
+)
+
+STATE_DIR = "/var/lib/pulumi-docker-machine"
+ORIGINAL_DAEMON_JSON = f"{STATE_DIR}/daemon.json.orig"
+NO_ORIGINAL_MARKER = f"{STATE_DIR}/daemon.json.absent"
+
+# Files placed on the host: staged name, destination, mode. Owner is root.
+PLACED_FILES = (
+    ("ca.pem", CA_CERT_PATH, "0444"),
+    ("server.pem", SERVER_CERT_PATH, "0444"),
+    ("server-key.pem", SERVER_KEY_PATH, "0400"),
+    ("daemon.json", DAEMON_JSON_PATH, "0644"),
+    ("dropin.conf", DROPIN_PATH, "0644"),
+)
+
+_EMIT_FUNCTIONS = """\
+emit() { printf '%s=%s\\n' "$1" "$(printf '%s' "$2" | base64 | tr -d '\\n')"; }
+emit_file() {
+    if [ -f "$2" ]; then
+        printf '%s=%s\\n' "$1" "$(base64 < "$2" | tr -d '\\n')"
+    fi
+}
+"""
+
+# Prints what the configure step needs to know about the host, and makes the
+# private staging directory for the upload. Runs as the login user.
+FACTS_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + f"""\
+emit uid "$(id -u)"
+if [ -d /run/systemd/system ]; then emit systemd yes; else emit systemd no; fi
+emit dockerd "$(command -v dockerd || true)"
+fragment=$(systemctl show -p FragmentPath --value docker.service 2>/dev/null || true)
+emit unit_path "$fragment"
+if [ -n "$fragment" ]; then emit_file unit "$fragment"; fi
+emit_file os_release /etc/os-release
+if [ -f {ORIGINAL_DAEMON_JSON} ]; then
+    emit_file base_daemon_json {ORIGINAL_DAEMON_JSON}
+elif [ -f {NO_ORIGINAL_MARKER} ]; then
+    emit base_daemon_json ""
+else
+    emit_file base_daemon_json {DAEMON_JSON_PATH}
+fi
+emit staging "$(mktemp -d)"
+"""
+
+# Prints the configuration as the host has it now; appended to the apply
+# script and run alone by refresh.
+OBSERVE_SCRIPT = _EMIT_FUNCTIONS + f"""\
+describe() {{
+    if [ -e "$1" ]; then
+        printf '%s %s' "$(sha256sum < "$1" | cut -d' ' -f1)" \\
+            "$(stat -c '%a %U:%G' "$1")"
+    else
+        printf 'missing'
+    fi
+}}
+emit_file daemon_json {DAEMON_JSON_PATH}
+emit_file dropin {DROPIN_PATH}
+emit file:{CA_CERT_PATH} "$(describe {CA_CERT_PATH})"
+emit file:{SERVER_CERT_PATH} "$(describe {SERVER_CERT_PATH})"
+emit file:{SERVER_KEY_PATH} "$(describe {SERVER_KEY_PATH})"
+emit docker_active "$(systemctl is-active docker.service 2>/dev/null || true)"
+"""
+
+
+def _place_lines() -> str:
+    lines = []
+    for staged, destination, mode in PLACED_FILES:
+        lines.append(
+            f'install -o root -g root -m {mode} "$stage/{staged}" '
+            f'"{destination}.pdm-new"\n'
+            f'mv -f "{destination}.pdm-new" "{destination}"\n'
+        )
+    return "".join(lines)
+
+
+# Moves the staged files into place (temporary name, then rename), keeps the
+# host's original daemon.json once, restarts Docker and prints the result.
+# Argument: the staging directory. Runs as root.
+APPLY_SCRIPT = (
+    "set -eu\n"
+    'stage="$1"\n'
+    f"""\
+trap 'rm -rf "$stage"' EXIT
+install -d -m 0755 -o root -g root /etc/docker {DROPIN_PATH.rsplit("/", 1)[0]}
+install -d -m 0700 -o root -g root {STATE_DIR}
+if [ ! -e {ORIGINAL_DAEMON_JSON} ] && [ ! -e {NO_ORIGINAL_MARKER} ]; then
+    if [ -e {DAEMON_JSON_PATH} ]; then
+        cp -p {DAEMON_JSON_PATH} {ORIGINAL_DAEMON_JSON}
+    else
+        : > {NO_ORIGINAL_MARKER}
+    fi
+fi
+"""
+    + _place_lines()
+    + """\
+systemctl daemon-reload
+# restart, not start: start leaves a running dockerd on its old flags.
+if ! systemctl restart docker.service; then
+    echo "docker.service failed to restart with the new configuration:" >&2
+    journalctl -u docker.service -n 20 --no-pager -o cat >&2 || true
+    exit 1
+fi
+"""
+    + OBSERVE_SCRIPT
+)
+
+# Removes the TLS listener: restores the original daemon.json, removes the
+# drop-in and the certificates, and restarts Docker on its Unix socket.
+REMOVE_SCRIPT = f"""\
+set -eu
+rm -f {DROPIN_PATH} {CA_CERT_PATH} {SERVER_CERT_PATH} {SERVER_KEY_PATH}
+if [ -f {ORIGINAL_DAEMON_JSON} ]; then
+    mv -f {ORIGINAL_DAEMON_JSON} {DAEMON_JSON_PATH}
+else
+    rm -f {DAEMON_JSON_PATH}
+fi
+rm -rf {STATE_DIR}
+systemctl daemon-reload
+if ! systemctl restart docker.service; then
+    echo "docker.service failed to restart after removing the TLS settings:" >&2
+    journalctl -u docker.service -n 20 --no-pager -o cat >&2 || true
+    exit 1
+fi
+systemctl is-active docker.service
+"""
+
+OBSERVE_ONLY_SCRIPT = "set -eu\n" + OBSERVE_SCRIPT
+
+
+def parse_emitted(stdout: str) -> dict[str, str]:
+    """Decode the ``key=base64`` lines a script printed; skip other lines."""
+    values: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, separator, encoded = line.partition("=")
+        if not separator or not key or " " in key:
+            continue
+        try:
+            values[key] = base64.b64decode(encoded, validate=True).decode()
+        except ValueError:
+            continue
+    return values
+
+
+def describe_drift(applied: dict, observed: dict) -> list[str]:
+    """List, in words, how the host differs from what was applied."""
+    drift = []
+    if observed.get("daemon_json") != applied.get("daemon_json"):
+        drift.append(f"{DAEMON_JSON_PATH} was changed on the host")
+    if observed.get("dropin") != applied.get("dropin"):
+        drift.append(f"{DROPIN_PATH} was changed on the host")
+    observed_files = observed.get("files") or {}
+    for path, expected in sorted((applied.get("files") or {}).items()):
+        seen = observed_files.get(path, "missing")
+        if seen == "missing":
+            drift.append(f"{path} is missing")
+        elif seen.split()[0] != expected.split()[0]:
+            drift.append(f"{path} was replaced")
+        elif seen != expected:
+            drift.append(f"{path} has mode and owner {' '.join(seen.split()[1:])}")
+    if observed.get("docker_active") != applied.get("docker_active"):
+        drift.append(f"docker.service is {observed.get('docker_active') or 'unknown'}")
+    return drift
+
+
+def observed_state(values: dict[str, str]) -> dict[str, object]:
+    """Build the ``observed`` output from what the observe script printed."""
+    files = {
+        key.removeprefix("file:"): value
+        for key, value in sorted(values.items())
+        if key.startswith("file:")
+    }
+    return {
+        "daemon_json": values.get("daemon_json"),
+        "dropin": values.get("dropin"),
+        "files": files,
+        "docker_active": values.get("docker_active", ""),
+    }

@@ -1,0 +1,254 @@
+"""``DockerDaemonConfig``: dockerd listening on TCP with mutual TLS.
+
+Given a Host and a CertAuthority, create and update sign the server
+certificate, upload it with the CA certificate and the configuration, restart
+Docker and check the listener from the machine running Pulumi. Refresh reads
+the configuration back so that a hand edit on the host shows as drift, and
+destroy puts the host back on its Unix socket alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import (
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from provider import certdir, checks, pki
+from provider.configure import (
+    ConfigureRequest,
+    configure_host,
+    observe_host,
+    unconfigure_host,
+)
+from provider.remote_scripts import describe_drift
+from provider.resources.base import changed_keys, run_async, run_checks
+
+# Inputs that need work on the host when they change.
+APPLY_INPUTS = ("extra_sans", "engine_port", "ca_cert_pem", "ca_key_pem")
+# Inputs used only to reach the host or to check the listener.
+ACCESS_INPUTS = (
+    "machine_name",
+    "ssh_user",
+    "ssh_private_key",
+    "host_key",
+    "client_cert_pem",
+    "client_key_pem",
+    "cert_path",
+    "server_validity_days",
+)
+# Another address or SSH port is another machine: configure the new one and
+# remove the listener from the old one.
+REPLACE_ON = ("address", "ssh_port")
+INPUTS = REPLACE_ON + APPLY_INPUTS + ACCESS_INPUTS
+SECRET_OUTPUTS = ["ssh_private_key", "ca_key_pem", "client_key_pem", "server_key_pem"]
+DEFAULT_ENGINE_PORT = 2376
+DEFAULT_SERVER_VALIDITY_DAYS = 1095
+
+
+def _check_ca_cert(value: Any) -> str:
+    pki.parse_certificate(value, "ca_cert_pem")
+    return value
+
+
+def _request(props: dict[str, Any]) -> ConfigureRequest:
+    return ConfigureRequest(
+        machine_name=props["machine_name"],
+        address=props["address"],
+        ssh_port=int(props["ssh_port"]),
+        ssh_user=props["ssh_user"],
+        ssh_private_key=props["ssh_private_key"],
+        host_key=props.get("host_key") or None,
+        engine_port=int(props.get("engine_port") or DEFAULT_ENGINE_PORT),
+        ca_cert_pem=props["ca_cert_pem"],
+        client_cert_pem=props["client_cert_pem"],
+        client_key_pem=props["client_key_pem"],
+    )
+
+
+def _sign_server_certificate(props: dict[str, Any]) -> pki.IssuedCertificate:
+    sans = pki.server_sans(props["address"], list(props.get("extra_sans") or []))
+    return pki.issue_server_certificate(
+        props["ca_cert_pem"],
+        props["ca_key_pem"],
+        sans,
+        validity_days=int(props.get("server_validity_days") or DEFAULT_SERVER_VALIDITY_DAYS),
+        common_name=props["machine_name"],
+    )
+
+
+def _server_sans(props: dict[str, Any]) -> list[str]:
+    return pki.server_sans(props["address"], list(props.get("extra_sans") or []))
+
+
+def _needs_new_server_certificate(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    if not olds.get("server_cert_pem") or not olds.get("server_key_pem"):
+        return True
+    if olds.get("ca_cert_pem") != news.get("ca_cert_pem"):
+        return True
+    return olds.get("server_sans") != _server_sans(news)
+
+
+def _has_drifted(olds: dict[str, Any]) -> bool:
+    """Tell whether refresh saw the host differ from what was applied."""
+    applied = olds.get("applied")
+    return bool(applied) and bool(describe_drift(applied, olds.get("observed") or {}))
+
+
+class DockerDaemonConfigProvider(ResourceProvider):
+    """Configures, reads back and removes dockerd's mutual-TLS listener."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs, failures = run_checks(
+            news,
+            [
+                ("machine_name", checks.check_machine_name),
+                ("address", checks.check_address),
+                ("ssh_port", lambda v: checks.check_port(v, "ssh_port")),
+                ("engine_port", lambda v: checks.check_port(v, "engine_port")),
+                ("extra_sans", lambda v: checks.check_sans(v, "extra_sans")),
+                (
+                    "server_validity_days",
+                    lambda v: checks.check_validity_days(v, "server_validity_days"),
+                ),
+                ("ca_cert_pem", _check_ca_cert),
+            ],
+        )
+        return CheckResult(inputs, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changes = changed_keys(olds, news, INPUTS)
+        replaces = [key for key in changes if key in REPLACE_ON]
+        return DiffResult(
+            changes=bool(changes) or _has_drifted(olds), replaces=replaces
+        )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        server = _sign_server_certificate(props)
+        outputs = run_async(
+            configure_host(_request(props), server, undo_on_failure=True)
+        )
+        return CreateResult(
+            f"{props['machine_name']}-{uuid.uuid4().hex[:8]}",
+            self._outputs(props, server, outputs),
+        )
+
+    def update(
+        self, _id: str, olds: dict[str, Any], news: dict[str, Any]
+    ) -> UpdateResult:
+        if _needs_new_server_certificate(olds, news):
+            server = _sign_server_certificate(news)
+        else:
+            server = pki.IssuedCertificate(
+                olds["server_cert_pem"],
+                olds["server_key_pem"],
+                olds["server_cert_not_after"],
+            )
+        apply_changes = changed_keys(olds, news, APPLY_INPUTS)
+        if (
+            not apply_changes
+            and not _has_drifted(olds)
+            and server.cert_pem == olds.get("server_cert_pem")
+        ):
+            # Only the means of access changed (SSH key, host key, client
+            # certificate): keep the host as it is and record the new values.
+            return UpdateResult({**olds, **{key: news.get(key) for key in INPUTS}})
+        outputs = run_async(
+            configure_host(_request(news), server, undo_on_failure=False)
+        )
+        return UpdateResult(self._outputs(news, server, outputs))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        observed = run_async(observe_host(_request(props)))
+        drift = describe_drift(props.get("applied") or {}, observed)
+        return ReadResult(id_, {**props, "observed": observed, "drift": drift})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        run_async(unconfigure_host(_request(props)))
+        certdir.remove_cert_dir(props.get("cert_path"))
+
+    @staticmethod
+    def _outputs(
+        props: dict[str, Any], server: pki.IssuedCertificate, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        outputs = {key: props.get(key) for key in INPUTS}
+        outputs.update(result)
+        outputs.update(
+            server_cert_pem=server.cert_pem,
+            server_key_pem=server.key_pem,
+            server_cert_not_after=server.not_after,
+            server_sans=_server_sans(props),
+            tls_verify="1",
+            drift=[],
+        )
+        return outputs
+
+
+class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonConfig"):
+    """dockerd on a Host, listening on ``engine_port`` with ``--tlsverify``."""
+
+    docker_host: pulumi.Output[str]
+    tls_verify: pulumi.Output[str]
+    docker_version: pulumi.Output[str]
+    server_cert_pem: pulumi.Output[str]
+    server_cert_not_after: pulumi.Output[str]
+    server_sans: pulumi.Output[list]
+    cert_path: pulumi.Output[str]
+    applied: pulumi.Output[dict]
+    observed: pulumi.Output[dict]
+    drift: pulumi.Output[list]
+
+    def __init__(
+        self,
+        resource_name: str,
+        machine_name: pulumi.Input[str],
+        host: Any,
+        cert_authority: Any,
+        extra_sans: pulumi.Input[list] | None = None,
+        engine_port: pulumi.Input[int] = DEFAULT_ENGINE_PORT,
+        server_validity_days: pulumi.Input[int] = DEFAULT_SERVER_VALIDITY_DAYS,
+        cert_path: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "machine_name": machine_name,
+            "address": host.address,
+            "ssh_port": host.ssh_port,
+            "ssh_user": host.ssh_user,
+            "ssh_private_key": host.ssh_private_key,
+            "host_key": host.host_key,
+            "ca_cert_pem": cert_authority.ca_cert_pem,
+            "ca_key_pem": cert_authority.ca_key_pem,
+            "client_cert_pem": cert_authority.client_cert_pem,
+            "client_key_pem": cert_authority.client_key_pem,
+            "extra_sans": extra_sans or [],
+            "engine_port": engine_port,
+            "server_validity_days": server_validity_days,
+            "cert_path": cert_path,
+            "docker_host": None,
+            "tls_verify": None,
+            "docker_version": None,
+            "server_cert_pem": None,
+            "server_key_pem": None,
+            "server_cert_not_after": None,
+            "server_sans": None,
+            "applied": None,
+            "observed": None,
+            "drift": None,
+        }
+        secrets = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)
+        super().__init__(
+            DockerDaemonConfigProvider(),
+            resource_name,
+            props,
+            pulumi.ResourceOptions.merge(opts, secrets),
+        )

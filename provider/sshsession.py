@@ -1,0 +1,285 @@
+"""One SSH connection per provider operation, over asyncssh.
+
+A :class:`RemoteSession` wraps a single authenticated connection: every command
+and every file upload of one create, update, read or delete goes through it.
+The server's host key is checked against the key recorded in state (or pinned
+by the user) before authentication; on first contact, with nothing recorded,
+the presented key is accepted and returned so the caller can record it.
+
+Secrets never reach a command line: scripts travel on the channel's stdin and
+files over SFTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import shlex
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import asyncssh
+
+from provider.errors import HostKeyMismatchError, RemoteCommandError, SSHConnectError
+from provider.progress import report
+
+logger = logging.getLogger(__name__)
+
+CONNECT_ATTEMPTS = 10
+CONNECT_DEADLINE_SECONDS = 120.0
+CONNECT_TIMEOUT_SECONDS = 15.0
+COMMAND_TIMEOUT_SECONDS = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to log in. ``host_key`` of ``None`` means first contact."""
+
+    host: str
+    port: int
+    user: str
+    private_key: str = dataclasses.field(repr=False)
+    host_key: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Return ``user@host:port`` for messages."""
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    """Exit status and output of a finished remote command."""
+
+    exit_status: int | None
+    stdout: str
+    stderr: str
+
+
+def host_key_fingerprint(host_key: str) -> str:
+    """Return the OpenSSH SHA256 fingerprint of a public key line."""
+    return asyncssh.import_public_key(host_key).get_fingerprint("sha256")
+
+
+def _describe_key(host_key: str) -> str:
+    algorithm = host_key.split()[0]
+    return f"{algorithm} {host_key_fingerprint(host_key)}"
+
+
+class RemoteSession:
+    """Commands and uploads over one authenticated SSH connection."""
+
+    def __init__(self, target: SSHTarget, connection: asyncssh.SSHClientConnection):
+        self.target = target
+        self._connection = connection
+        presented = connection.get_server_host_key()
+        self.host_key = presented.export_public_key("openssh").decode().strip()
+        self.host_key = " ".join(self.host_key.split()[:2])
+        self.channels_opened = 0
+
+    @property
+    def is_root(self) -> bool:
+        """Tell whether the login user is root (no sudo needed)."""
+        return self.target.user == "root"
+
+    async def run_script(
+        self,
+        script: str,
+        description: str,
+        *,
+        args: tuple[str, ...] = (),
+        as_root: bool = True,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT_SECONDS,
+    ) -> CommandResult:
+        """Run a POSIX shell script sent on stdin; raise on failure if ``check``.
+
+        ``description`` names the step in logs and errors. ``args`` become the
+        script's positional parameters and must hold no secret.
+        """
+        command = "sh -s"
+        if args:
+            command += " -- " + " ".join(shlex.quote(arg) for arg in args)
+        if as_root and not self.is_root:
+            command = "sudo -n " + command
+        logger.debug("running %s on %s", description, self.target.label)
+        self.channels_opened += 1
+        try:
+            completed = await asyncio.wait_for(
+                self._connection.run(command, input=script, check=False),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise RemoteCommandError(
+                self.target.host,
+                description,
+                None,
+                "",
+                "",
+                hint=f"timed out after {timeout:.0f} s",
+            ) from None
+        result = CommandResult(
+            completed.exit_status, str(completed.stdout), str(completed.stderr)
+        )
+        if check and result.exit_status != 0:
+            raise RemoteCommandError(
+                self.target.host,
+                description,
+                result.exit_status,
+                result.stdout,
+                result.stderr,
+                hint=_sudo_hint(self, result),
+            )
+        return result
+
+    async def upload(self, files: Mapping[str, bytes], directory: str) -> None:
+        """Write ``files`` (name to content) into ``directory``, each 0600.
+
+        The directory is private to the login user; the caller moves the
+        files into place with the right owner and mode.
+        """
+        self.channels_opened += 1
+        async with self._connection.start_sftp_client() as sftp:
+            for name, content in files.items():
+                path = f"{directory}/{name}"
+                attrs = asyncssh.SFTPAttrs(permissions=0o600)
+                async with sftp.open(path, "wb", attrs) as remote_file:
+                    await remote_file.write(content)
+                await sftp.chmod(path, 0o600)
+
+
+def _sudo_hint(session: RemoteSession, result: CommandResult) -> str:
+    if session.is_root or "sudo" not in result.stderr:
+        return ""
+    return (
+        f"the SSH user {session.target.user!r} needs passwordless sudo "
+        f"(NOPASSWD) on {session.target.host}, or log in as root"
+    )
+
+
+def _known_hosts(target: SSHTarget) -> tuple[list, list, list] | None:
+    if target.host_key is None:
+        return None
+    return ([asyncssh.import_public_key(target.host_key)], [], [])
+
+
+# On first contact, record the strongest and shortest key type the server has.
+_FIRST_CONTACT_ALGORITHMS = [
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+]
+
+
+def _host_key_algorithms(target: SSHTarget) -> list[str] | tuple[()]:
+    # With a recorded key asyncssh offers only that key's algorithms.
+    return _FIRST_CONTACT_ALGORITHMS if target.host_key is None else ()
+
+
+async def _connect_once(target: SSHTarget) -> asyncssh.SSHClientConnection:
+    client_key = asyncssh.import_private_key(target.private_key)
+    return await asyncssh.connect(
+        target.host,
+        port=target.port,
+        username=target.user,
+        client_keys=[client_key],
+        known_hosts=_known_hosts(target),
+        server_host_key_algs=_host_key_algorithms(target),
+        agent_path=None,
+        config=None,
+        preferred_auth="publickey",
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        keepalive_interval=30,
+    )
+
+
+async def _presented_host_key(target: SSHTarget) -> str | None:
+    """Fetch the key the server presents now, of the recorded key's type."""
+    algorithm = target.host_key.split()[0] if target.host_key else None
+    try:
+        key = await asyncssh.get_server_host_key(
+            target.host,
+            target.port,
+            server_host_key_algs=[algorithm] if algorithm else (),
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        )
+    except (OSError, asyncssh.Error):
+        return None
+    if key is None:
+        return None
+    line = key.export_public_key("openssh").decode().strip()
+    return _describe_key(" ".join(line.split()[:2]))
+
+
+async def connect(
+    target: SSHTarget,
+    *,
+    attempts: int = CONNECT_ATTEMPTS,
+    deadline_seconds: float = CONNECT_DEADLINE_SECONDS,
+) -> asyncssh.SSHClientConnection:
+    """Open one connection, retrying network faults within the given bounds.
+
+    A changed host key or a rejected login is never retried.
+    """
+    deadline = time.monotonic() + deadline_seconds
+    delay = 1.0
+    for attempt in range(1, attempts + 1):
+        try:
+            return await _connect_once(target)
+        except asyncssh.HostKeyNotVerifiable:
+            presented = await _presented_host_key(target)
+            raise HostKeyMismatchError(
+                target.host, target.port, _describe_key(target.host_key), presented
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise SSHConnectError(
+                f"SSH login as {target.user!r} to {target.host}:{target.port} was "
+                f"rejected: check that the private key given for this host matches "
+                f"an entry in ~{target.user}/.ssh/authorized_keys there"
+            ) from None
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as error:
+            cause = _network_cause(error)
+            remaining = deadline - time.monotonic()
+            if attempt == attempts or remaining <= 0:
+                raise SSHConnectError(
+                    f"could not reach SSH on {target.host}:{target.port} after "
+                    f"{attempt} attempts: {cause}. Check that the host is up, "
+                    f"that sshd listens on port {target.port}, and that no "
+                    f"firewall drops the connection"
+                ) from None
+            report(
+                f"waiting for SSH on {target.host}:{target.port} "
+                f"(attempt {attempt} of {attempts}): {cause}"
+            )
+            await asyncio.sleep(min(delay, max(remaining, 0)))
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def _network_cause(error: BaseException) -> str:
+    if isinstance(error, asyncio.TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_SECONDS:.0f} s"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    text = str(error) or type(error).__name__
+    return text
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    target: SSHTarget, **connect_options
+) -> AsyncIterator[RemoteSession]:
+    """Yield a :class:`RemoteSession` on one new connection, closed on exit."""
+    connection = await connect(target, **connect_options)
+    logger.info("connected to %s", target.label)
+    try:
+        yield RemoteSession(target, connection)
+    finally:
+        connection.close()
+        with contextlib.suppress(Exception):
+            await connection.wait_closed()

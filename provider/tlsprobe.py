@@ -1,0 +1,174 @@
+"""Checks of the daemon's mutual-TLS listener from the machine running Pulumi.
+
+A network fault (nothing answers, connection refused, timeout) is reported as
+:class:`DaemonUnreachableError`, never as a certificate problem; a certificate
+problem is reported as :class:`TLSVerificationError` with which side rejected
+which certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+
+from provider.errors import DaemonUnreachableError, TLSVerificationError
+from provider.progress import report
+
+REQUEST_TIMEOUT_SECONDS = 10.0
+WAIT_ATTEMPTS = 30
+WAIT_DEADLINE_SECONDS = 120.0
+
+
+def docker_host_url(address: str, port: int) -> str:
+    """Return the ``DOCKER_HOST`` value for an address and engine port."""
+    if ":" in address:
+        return f"tcp://[{address}]:{port}"
+    return f"tcp://{address}:{port}"
+
+
+@contextlib.contextmanager
+def client_context(
+    ca_cert_pem: str, client_cert_pem: str | None, client_key_pem: str | None
+) -> Iterator[ssl.SSLContext]:
+    """Yield a client context that trusts only the given CA.
+
+    ``ssl`` loads a certificate chain only from files, so the client key is
+    written to a private temporary directory that is removed on exit.
+    """
+    context = ssl.create_default_context(cadata=ca_cert_pem)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert_pem is None:
+        yield context
+        return
+    with tempfile.TemporaryDirectory(prefix="pdm-tls-") as directory:
+        cert_file = os.path.join(directory, "cert.pem")
+        key_file = os.path.join(directory, "key.pem")
+        _write_private(cert_file, client_cert_pem)
+        _write_private(key_file, client_key_pem or "")
+        context.load_cert_chain(cert_file, key_file)
+        yield context
+
+
+def _write_private(path: str, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def _get(address: str, port: int, path: str, context: ssl.SSLContext) -> bytes:
+    connection = http.client.HTTPSConnection(
+        address, port, context=context, timeout=REQUEST_TIMEOUT_SECONDS
+    )
+    try:
+        connection.request("GET", path, headers={"Connection": "close"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise TLSVerificationError(
+            f"GET {path} on {docker_host_url(address, port)} returned HTTP "
+            f"{response.status}: {body[:200]!r}"
+        )
+    return body
+
+
+def _classify(error: BaseException, address: str, port: int) -> Exception:
+    url = docker_host_url(address, port)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return TLSVerificationError(
+            f"the certificate of the daemon at {url} was rejected: "
+            f"{error.verify_message}. The server certificate must be signed by "
+            f"this stack's CA and name {address} among its SANs; run `pulumi up` "
+            f"to re-sign it"
+        )
+    if isinstance(error, ssl.SSLError):
+        return TLSVerificationError(
+            f"TLS handshake with the daemon at {url} failed: {error.reason or error}. "
+            f"The daemon may trust a different CA than this stack's"
+        )
+    if isinstance(error, (TimeoutError, socket.timeout)):
+        return DaemonUnreachableError(
+            f"network error: no answer from {url} within "
+            f"{REQUEST_TIMEOUT_SECONDS:.0f} s; check that port {port} is open "
+            f"between this machine and the host"
+        )
+    return DaemonUnreachableError(
+        f"network error: could not connect to {url}: {error}; check that the "
+        f"daemon runs and that port {port} is reachable from this machine"
+    )
+
+
+def fetch_version(
+    address: str, port: int, ca_cert_pem: str, client_cert_pem: str, client_key_pem: str
+) -> dict:
+    """Return the daemon's ``/version`` document after a ``/_ping``, over mTLS."""
+    with client_context(ca_cert_pem, client_cert_pem, client_key_pem) as context:
+        try:
+            ping = _get(address, port, "/_ping", context)
+            version = _get(address, port, "/version", context)
+        except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+            raise _classify(error, address, port) from error
+    if ping.strip() != b"OK":
+        raise TLSVerificationError(f"/_ping returned {ping[:100]!r}, expected OK")
+    return json.loads(version)
+
+
+def check_rejects_anonymous(address: str, port: int, ca_cert_pem: str) -> None:
+    """Raise unless the daemon rejects a client that has no certificate."""
+    with client_context(ca_cert_pem, None, None) as context:
+        try:
+            _get(address, port, "/_ping", context)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return
+        except http.client.RemoteDisconnected:
+            return
+        except (OSError, http.client.HTTPException) as error:
+            raise _classify(error, address, port) from error
+    raise TLSVerificationError(
+        f"the daemon at {docker_host_url(address, port)} accepted a client "
+        f"without a certificate: tlsverify is not in effect; check "
+        f"/etc/docker/daemon.json and the flags dockerd runs with"
+    )
+
+
+def wait_for_daemon(
+    address: str,
+    port: int,
+    ca_cert_pem: str,
+    client_cert_pem: str,
+    client_key_pem: str,
+    *,
+    attempts: int = WAIT_ATTEMPTS,
+    deadline_seconds: float = WAIT_DEADLINE_SECONDS,
+) -> dict:
+    """Poll ``/version`` over mTLS until the daemon answers; bounded retries.
+
+    Only network faults are retried: a certificate error will not heal by
+    waiting.
+    """
+    url = docker_host_url(address, port)
+    deadline = time.monotonic() + deadline_seconds
+    for attempt in range(1, attempts + 1):
+        try:
+            return fetch_version(
+                address, port, ca_cert_pem, client_cert_pem, client_key_pem
+            )
+        except DaemonUnreachableError as error:
+            if attempt == attempts or time.monotonic() >= deadline:
+                raise DaemonUnreachableError(
+                    f"{error} (gave up after {attempt} attempts)"
+                ) from None
+            report(
+                f"waiting for Docker on {url} over mutual TLS "
+                f"(attempt {attempt} of {attempts})"
+            )
+            time.sleep(min(2.0, max(deadline - time.monotonic(), 0)))
+    raise AssertionError("unreachable")

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The demo: boot a local Debian VM, run `pulumi up` on the demo stack, which
+# makes the VM's Docker daemon listen on tcp 2376 with mutual TLS, and print
+# the line that points a shell's docker client at it.
+#
+#   scripts/demo.sh           set up, boot the VM, pulumi up, print the eval line
+#   scripts/demo.sh env       print the DOCKER_* exports of the demo machine
+#   scripts/demo.sh destroy   pulumi destroy, then power the VM off
+#
+# State lives in a local file backend under ~/.cache/pulumi-docker-machine/demo.
+# PULUMI_CONFIG_PASSPHRASE protects the stack's secrets; the demo sets a fixed
+# one unless you export your own.
+set -euo pipefail
+
+project_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache_root=${PDM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pulumi-docker-machine}
+demo_dir=$cache_root/demo
+stack=demo
+
+eval "$("$project_dir/scripts/setup.sh")"
+mkdir -p "$demo_dir/backend"
+export PULUMI_BACKEND_URL="file://$demo_dir/backend"
+export PULUMI_CONFIG_PASSPHRASE=${PULUMI_CONFIG_PASSPHRASE:-pulumi-docker-machine demo}
+cd "$project_dir"
+
+print_env() {
+    pulumi stack output machines --json --stack "$stack" | python3 -c '
+import json, shlex, sys
+machine = json.load(sys.stdin)["demo"]
+for name in ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME"):
+    print(f"export {name}={shlex.quote(str(machine[name]))}")
+print("# Run this command to configure your shell:")
+print("# eval \"$(scripts/demo.sh env)\"")
+'
+}
+
+case "${1:-up}" in
+up)
+    python3 -m scripts.demo_vm up
+    pulumi stack select --create "$stack" --non-interactive >/dev/null
+    pulumi up --yes --non-interactive --stack "$stack"
+    echo
+    echo "The demo machine is ready. Point your shell's docker client at it with:"
+    echo
+    echo "    eval \"\$(scripts/demo.sh env)\""
+    echo "    docker info"
+    echo
+    echo "Tear it down with: scripts/demo.sh destroy"
+    ;;
+env)
+    print_env
+    ;;
+destroy)
+    if pulumi stack select "$stack" --non-interactive 2>/dev/null; then
+        pulumi destroy --yes --non-interactive --stack "$stack"
+    fi
+    python3 -m scripts.demo_vm down
+    ;;
+*)
+    echo "usage: scripts/demo.sh [up|env|destroy]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Test hosts and helpers shared by the test suite."""
