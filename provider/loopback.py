@@ -12,9 +12,9 @@ Automatic allocation draws from 127.100.1.1 to 127.100.255.254. The block
 accepts any IPv4 loopback address outside 127.0.0.0/24 (the block of
 127.0.0.1, where local services listen).
 
-A lease records the process that made it and lapses when that process exits,
-unless it was made with ``persistent=True`` (for a VM that outlives the
-process, as a Pulumi provider's does); then only :func:`release` ends it.
+A lease records the process that made it and lapses when that process exits.
+A lease made with ``persistent=True`` is for a VM that outlives the process
+(as a Pulumi provider's does), and only :func:`release` ends it.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def take(
 
 
 def release(address: str, cache_dir: Path | None = None) -> None:
-    """End the lease of ``address``; releasing an address not leased is a no-op."""
+    """End the lease of ``address``. Releasing an address not leased does nothing."""
     with _locked(cache_dir) as directory:
         path = _lease_path(directory, address)
         try:
@@ -256,14 +256,14 @@ def _write_lease(
 def _start_time(pid: int) -> int | None:
     """Return the start time of process ``pid`` in clock ticks, or None if gone.
 
-    Comparing start times tells a live lease holder from a later process that
-    reused its pid.
+    Comparing start times distinguishes a live lease holder from a later process
+    that reused its pid.
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    # The command name (field 2) may contain spaces; fields after it do not.
+    # The command name (field 2) may contain spaces, but the fields after it cannot.
     fields_after_name = stat.rsplit(")", 1)[1].split()
     if fields_after_name[0] == "Z":
         return None

@@ -40,7 +40,7 @@ QMP_NAME = "qmp.sock"
 _CREATED_NAMES = (DISK_NAME, PIDFILE_NAME, CONSOLE_NAME, QMP_NAME)
 # x86 kernels truncate a longer command line (COMMAND_LINE_SIZE).
 _MAX_KERNEL_COMMAND_LINE = 2047
-# sun_path holds 108 bytes including the terminating NUL.
+# sun_path has room for 108 bytes including the terminating NUL.
 _MAX_UNIX_SOCKET_PATH = 107
 _KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
 
@@ -50,7 +50,7 @@ class QemuError(DockerMachineError):
 
 
 class VMBootError(QemuError):
-    """A VM failed to start or its SSH server never answered."""
+    """A VM failed to start, or its SSH server sent no banner."""
 
 
 class SSHWaitTimeoutError(VMBootError, TimeoutError):
@@ -59,7 +59,7 @@ class SSHWaitTimeoutError(VMBootError, TimeoutError):
 
 @dataclass(frozen=True)
 class VMConfig:
-    """What to boot: the image, the forwarded ports and root's public key."""
+    """Boot settings of a VM: image, forwarded ports and root's public key."""
 
     machine_dir: Path
     image: BaseImage
@@ -69,7 +69,7 @@ class VMConfig:
     cpus: int = 2
     ssh_port: int = 22
     docker_port: int = 2376
-    # Shown by `ps` and in QEMU's messages; defaults to pdm-<machine dir name>.
+    # Name shown by `ps` and in QEMU's messages. Empty means pdm-<machine dir name>.
     name: str = ""
 
 
@@ -145,7 +145,7 @@ def qemu_command(config: VMConfig) -> list[str]:
 def boot(
     config: VMConfig, *, ssh_timeout: float = 300.0, ssh_attempts: int = 100
 ) -> VM:
-    """Start the VM and wait for its SSH banner; on failure remove what it made."""
+    """Start the VM and wait for its SSH banner, removing what it made on failure."""
     config = _validated(config)
     if is_running(config.machine_dir):
         raise VMBootError(
@@ -167,7 +167,7 @@ def boot(
         _undo_boot(config.machine_dir, created_dir, created_disk, error)
         raise
     logger.info(
-        "VM %s answered SSH %.0f s after boot",
+        "VM %s sent its SSH banner %.0f s after boot",
         vm.machine_dir,
         time.monotonic() - started,
     )
@@ -175,7 +175,7 @@ def boot(
 
 
 def start(config: VMConfig) -> VM:
-    """Create the overlay if missing and start qemu daemonized; do not wait."""
+    """Create the overlay if missing and start qemu daemonized, without waiting."""
     config = _validated(config)
     machine_dir = config.machine_dir
     if is_running(machine_dir):
@@ -218,7 +218,7 @@ def wait_for_ssh(
     attempts: int = 100,
     interval: float = 3.0,
 ) -> str:
-    """Wait until an SSH server sends its banner on ``address:port``; return it.
+    """Wait for an SSH server's banner on ``address:port`` and return the banner.
 
     QEMU accepts TCP on a forwarded port before the guest listens, so only a
     banner counts. If ``machine_dir`` is given, a qemu that exits ends the wait.
@@ -240,7 +240,7 @@ def wait_for_ssh(
             return banner
         if machine_dir is not None and not is_running(machine_dir):
             raise VMBootError(
-                f"the VM in {machine_dir} exited before SSH answered on "
+                f"the VM in {machine_dir} exited before SSH responded on "
                 f"{address}:{port}; last console lines:\n{console_tail(machine_dir)}"
             )
         remaining = deadline - time.monotonic()
@@ -250,8 +250,8 @@ def wait_for_ssh(
     console = console_tail(machine_dir) if machine_dir else "(no console log)"
     raise SSHWaitTimeoutError(
         f"SSH on {address}:{port} sent no banner after {attempt} attempts in "
-        f"{timeout:.0f} s; the guest may still be booting (raise the timeout) or "
-        f"failed to boot; last console lines:\n{console}"
+        f"{timeout:.0f} s. The guest may still be booting (raise the timeout) or "
+        f"failed to boot. Last console lines:\n{console}"
     )
 
 
@@ -269,8 +269,10 @@ def _read_ssh_banner(address: str, port: int, deadline: float) -> str | None:
 
 
 def stop(machine_dir: Path, *, timeout: float = 60.0) -> None:
-    """Power the VM off through QMP, then SIGKILL it if it is still up at the
-    deadline. Stopping a VM that is not running does nothing."""
+    """Power the VM off through QMP, and SIGKILL it if it is still up at the deadline.
+
+    Stopping a VM that is not running does nothing.
+    """
     machine_dir = Path(machine_dir).resolve()
     pid = read_pid(machine_dir)
     if pid is None:
@@ -447,8 +449,8 @@ def _qmp_execute(socket_path: Path, command: str, timeout: float = 10.0) -> dict
 
 
 def _qmp_read_reply(stream, *keys: str) -> dict:
-    # Events may arrive between replies; skip them (bounded by the socket
-    # timeout and by the number of lines read).
+    # QMP may send events between replies, so skip up to 100 messages. The
+    # socket timeout bounds the wait for each one.
     for _ in range(100):
         line = stream.readline()
         if not line:

@@ -3,10 +3,10 @@
 The image is a raw ext4 file system made with ``debootstrap`` and
 ``mkfs.ext4 -d``. It boots with the host's Debian kernel and initrd from /boot,
 so the matching /lib/modules tree is copied into it. Each VM boots its own
-qcow2 overlay of this image (see :mod:`provider.qemu`), so the image ships
-without SSH host keys, a machine id or an authorized key: each VM generates
-its host keys on first boot and takes root's authorized key from the kernel
-command line parameter ``pdm.authorized_key``.
+qcow2 overlay of this image (see :mod:`provider.qemu`). The image therefore
+ships without SSH host keys, a machine id or an authorized key. Each VM
+generates its host keys on first boot and takes root's authorized key from
+the kernel command line parameter ``pdm.authorized_key``.
 
 Images are cached under ``<cache root>/images`` and named by a hash of the
 recipe (suite, package list, every file written into the image, the kernel
@@ -108,12 +108,23 @@ ExecStart=/usr/local/sbin/pdm-authorized-key
 WantedBy=multi-user.target
 """
 
-# The packaged unit runs `sshd -t` first, which fails without host keys, so the
-# drop-in replaces the ExecStartPre list: generate missing keys, then test.
+# Only ed25519 and ECDSA host keys: an RSA-3072 key costs about 10 s of every
+# first boot under software emulation.
+_HOST_KEYS_SCRIPT = """\
+#!/bin/sh
+set -eu
+for type in ed25519 ecdsa; do
+    key=/etc/ssh/ssh_host_${type}_key
+    [ -e "$key" ] || ssh-keygen -q -t "$type" -N '' -f "$key"
+done
+"""
+
+# The packaged unit runs `sshd -t` first, which fails without host keys. So the
+# drop-in replaces the ExecStartPre list, generating missing keys before the test.
 _SSH_HOST_KEYS_DROP_IN = """\
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/local/sbin/pdm-host-keys
 ExecStartPre=/usr/sbin/sshd -t
 """
 
@@ -127,6 +138,8 @@ FILES = (
     ImageFile("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 pdm-vm\n"),
     ImageFile(
         "/etc/ssh/sshd_config.d/10-pulumi-docker-machine.conf",
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+        "HostKey /etc/ssh/ssh_host_ecdsa_key\n"
         "PermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\n",
@@ -136,6 +149,7 @@ FILES = (
         _SSH_HOST_KEYS_DROP_IN,
     ),
     ImageFile("/usr/local/sbin/pdm-authorized-key", _AUTHORIZED_KEY_SCRIPT, 0o755),
+    ImageFile("/usr/local/sbin/pdm-host-keys", _HOST_KEYS_SCRIPT, 0o755),
     ImageFile("/etc/systemd/system/pdm-authorized-key.service", _AUTHORIZED_KEY_UNIT),
     # Empty, so that systemd generates a distinct machine id in every VM.
     ImageFile("/etc/machine-id", ""),
@@ -233,7 +247,7 @@ def recipe_hash(kernel_version: str) -> str:
 
 
 def ensure_image(cache_dir: Path | None = None, mirror: str | None = None) -> BaseImage:
-    """Return the cached image for the current recipe, building it if missing.
+    """Return the cached image for the current recipe, building it when missing.
 
     ``mirror`` defaults to ``PDM_DEBIAN_MIRROR`` or Debian's CDN. A process that
     finds another one building the same image waits for it and reuses it.
@@ -349,7 +363,7 @@ def configure_root(root: Path) -> None:
     for pattern in REMOVED_GLOBS:
         for path in root.glob(pattern):
             path.unlink()
-    # Downloaded packages are not needed in the image; dropping them saves space.
+    # The image does not need the downloaded packages, and they take space.
     for package_file in (root / "var/cache/apt/archives").glob("*.deb"):
         package_file.unlink()
 
@@ -382,7 +396,7 @@ def _remove_stale_builds(images_dir: Path, name: str) -> None:
 
 
 def _remove_build_dir(work_dir: Path) -> None:
-    # debootstrap mounts /proc and /sys inside the root; a build killed midway
+    # debootstrap mounts /proc and /sys inside the root. A build killed midway
     # leaves them mounted, and deleting through them would touch the host's.
     for mount_point in _mounts_under(work_dir):
         subprocess.run(["umount", "--lazy", mount_point], check=False)

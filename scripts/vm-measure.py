@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,11 +25,18 @@ def allocated_mib(path: Path) -> float:
 
 
 def other_qemu_processes() -> int:
-    """Return how many live qemu-system processes are running now."""
-    listing = subprocess.run(
-        ["pgrep", "-c", "-x", "qemu-system-x86"], capture_output=True, text=True
-    )
-    return int(listing.stdout.strip() or 0)
+    """Return how many qemu-system-x86_64 processes are running, zombies excluded."""
+    count = 0
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_file.read_text()
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        state = stat[stat.rfind(")") + 2]
+        if name.startswith("qemu-system-x86") and state != "Z":
+            count += 1
+    return count
 
 
 def main() -> None:

@@ -195,13 +195,16 @@ def test_refresh_reports_hand_edit(shared_vm, stack):
 
     result = {}
     logins = count_logins(
-        shared_vm, lambda: result.update(out=stack.refresh("--skip-preview").stdout)
+        shared_vm, lambda: result.update(out=stack.refresh("--skip-preview", "--diff").stdout)
     )
 
     # Without --skip-preview, refresh reads every resource twice: once for its
     # preview and once for the refresh itself.
     assert logins == 1, "refresh reads the host over one connection"
     assert "daemon.json was changed on the host" in result["out"]
+    assert daemon_outputs(stack)["drift"] == [
+        f"{daemon_config.DAEMON_JSON_PATH} was changed on the host"
+    ]
     drifted = stack.preview("--expect-no-changes", check=False)
     assert drifted.returncode != 0, "preview after refresh must show the drift"
     assert "lifecycle-docker" in drifted.stdout
@@ -216,18 +219,17 @@ def test_up_repairs_drift(shared_vm, stack):
 
 
 def test_changed_host_key_rejected_then_accepted(shared_vm, stack):
-    regenerate = (
-        "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && "
-        "systemctl restart ssh"
-    )
-    assert shared_vm.run(regenerate)[0] == 0
+    # The image's ssh.service makes new host keys when they are missing.
+    assert shared_vm.run("rm -f /etc/ssh/ssh_host_* && systemctl restart ssh")[0] == 0
+    shared_vm.forget_host_key()
     _, new_key, _ = shared_vm.run("cat /etc/ssh/ssh_host_ed25519_key.pub")
 
     refused = stack.refresh(check=False)
 
+    message = refused.stdout + refused.stderr
     assert refused.returncode != 0
-    assert "host key" in refused.stdout and "changed" in refused.stdout
-    assert "hostKey" in refused.stdout, "the message says how to accept the key"
+    assert f"host key of {shared_vm.address}:{shared_vm.ssh_port} changed" in message, message
+    assert "hostKey" in message, "the message says how to accept the key"
 
     new_key = " ".join(new_key.split()[:2])
     stack.write_config(
@@ -251,6 +253,14 @@ def test_destroy_removes_listener_keeps_docker(shared_vm, stack):
     with pytest.raises(OSError):
         socket.create_connection((check_dialable(shared_vm.address), ENGINE_PORT), 5)
     assert not stack.machines_home.joinpath(cert_dir).exists()
+
+
+def daemon_outputs(stack):
+    """Return the outputs of the DockerDaemonConfig in state."""
+    (resource,) = [
+        r for r in stack.resources() if r["type"].endswith("docker-machine:DockerDaemonConfig")
+    ]
+    return resource["outputs"]
 
 
 def resource_id(stack, kind):

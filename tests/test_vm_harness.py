@@ -1,7 +1,7 @@
 """The loopback allocator, the QEMU boot module and the test VM harness.
 
-Tests marked ``vm`` boot real Debian VMs under QEMU (software emulation, about
-a minute each); the others need neither QEMU nor an image.
+Tests marked ``vm`` boot real Debian VMs under QEMU with software emulation,
+one to two minutes each on 2 cores. The others need neither QEMU nor an image.
 """
 
 from __future__ import annotations
@@ -213,6 +213,30 @@ def test_qemu_command_forwards_to_address_only(tmp_path):
 def test_recipe_hash_follows_kernel_version():
     assert vmimage.recipe_hash("6.1.0-1") != vmimage.recipe_hash("6.1.0-2")
     assert vmimage.recipe_hash("6.1.0-1") == vmimage.recipe_hash("6.1.0-1")
+
+
+def test_configure_root_strips_machine_state(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("baked-in key")
+    (root / "etc/machine-id").write_text("0123456789abcdef\n")
+    (root / "var/cache/apt/archives").mkdir(parents=True)
+    (root / "var/cache/apt/archives/curl.deb").write_text("package")
+
+    vmimage.configure_root(root)
+
+    assert not (root / "etc/ssh/ssh_host_ed25519_key").exists()
+    assert (root / "etc/machine-id").read_text() == ""
+    assert not (root / "var/cache/apt/archives/curl.deb").exists()
+    assert (root / "usr/local/sbin/pdm-authorized-key").stat().st_mode & 0o777 == 0o755
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert (wants / "docker.service").readlink() == Path(
+        "/lib/systemd/system/docker.service"
+    )
+    assert (wants / "pdm-authorized-key.service").is_symlink()
+    sshd = (root / "etc/ssh/sshd_config.d/10-pulumi-docker-machine.conf").read_text()
+    assert "PermitRootLogin prohibit-password" in sshd
+    assert "PasswordAuthentication no" in sshd
 
 
 @pytest.mark.vm
