@@ -60,3 +60,12 @@ def remove_cert_dir(directory: str | Path | None) -> None:
     path = Path(directory)
     if (path / "key.pem").exists() or (path / "ca.pem").exists():
         shutil.rmtree(path, ignore_errors=True)
+    # Remove the stack and project directories too once they are empty.
+    home = machines_home().resolve()
+    for parent in list(path.resolve().parents)[:2]:
+        if home not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break

@@ -64,11 +64,14 @@ def check_port(port: Any, field: str = "port") -> int:
     """Validate a TCP port number given as an int, a whole float or digits."""
     number = _whole_number(port)
     if number is None or not 1 <= number <= 65535:
+        if "engine" in field.lower():
+            usual = "use 2376, the usual port of dockerd with TLS"
+        elif "ssh" in field.lower():
+            usual = "use 22 for a standard sshd"
+        else:
+            usual = "use 22 for a standard sshd or 2376 for dockerd with TLS"
         raise InvalidInputError(
-            field,
-            port,
-            "must be an integer from 1 to 65535; use 22 for a standard sshd "
-            "or 2376 for dockerd with TLS",
+            field, port, f"must be an integer from 1 to 65535; {usual}"
         )
     return number
 

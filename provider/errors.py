@@ -19,6 +19,9 @@ class InvalidInputError(DockerMachineError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
+        # Numbers cross the Pulumi engine as doubles: show 2376.0 as 2376.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         super().__init__(f"invalid {field} {value!r}: {reason}")
 
 

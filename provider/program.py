@@ -84,9 +84,9 @@ def _private_key(entry: dict[str, Any], where: str) -> str:
 def parse_machine(entry: Any, index: int) -> MachineSpec:
     """Read one ``machines`` entry.
 
-    Only the structure is checked here (a mapping, known settings, a name,
-    a readable key file); each value is checked by the resources' ``check``,
-    so a program written against the resources directly gets the same checks.
+    Only the structure is checked here: a mapping, known settings, a name and
+    a readable key file. The values are checked by the resources' ``check``,
+    so that a program written against the resources gets the same checks.
     """
     where = f"machines[{index}]"
     if not isinstance(entry, dict):
@@ -188,7 +188,7 @@ def declare_machine(
         engine_port=machine.engine_port,
         cert_path=str(directory),
     )
-    # Written after the daemon answers, from the same outputs another stack reads.
+    # Written once the daemon is configured, from the outputs other stacks read.
     cert_path = pulumi.Output.all(
         ca.ca_cert_pem, ca.client_cert_pem, ca.client_key_pem, daemon.docker_host
     ).apply(lambda values: _write_cert_dir(directory, values[:3]))

@@ -12,6 +12,7 @@ import base64
 from provider.daemon_config import (
     CA_CERT_PATH,
     DAEMON_JSON_PATH,
+    DROPIN_DIR,
     DROPIN_PATH,
     SERVER_CERT_PATH,
     SERVER_KEY_PATH,
@@ -126,6 +127,7 @@ fi
 REMOVE_SCRIPT = f"""\
 set -eu
 rm -f {DROPIN_PATH} {CA_CERT_PATH} {SERVER_CERT_PATH} {SERVER_KEY_PATH}
+rmdir {DROPIN_DIR} 2>/dev/null || true
 if [ -f {ORIGINAL_DAEMON_JSON} ]; then
     mv -f {ORIGINAL_DAEMON_JSON} {DAEMON_JSON_PATH}
 else
@@ -133,8 +135,15 @@ else
 fi
 rm -rf {STATE_DIR}
 systemctl daemon-reload
-if ! systemctl restart docker.service; then
-    echo "docker.service failed to restart after removing the TLS settings:" >&2
+systemctl stop docker.service
+# Packaged units take the Unix socket from docker.socket (-H fd://). While the
+# TLS settings were in force dockerd bound that path itself, so docker.socket
+# still listens on a socket file that no longer exists: restart it first.
+if systemctl cat docker.socket >/dev/null 2>&1; then
+    systemctl restart docker.socket
+fi
+if ! systemctl start docker.service; then
+    echo "docker.service failed to start after removing the TLS settings:" >&2
     journalctl -u docker.service -n 20 --no-pager -o cat >&2 || true
     exit 1
 fi
@@ -161,10 +170,11 @@ def parse_emitted(stdout: str) -> dict[str, str]:
 def describe_drift(applied: dict, observed: dict) -> list[str]:
     """List, in words, how the host differs from what was applied."""
     drift = []
-    if observed.get("daemon_json") != applied.get("daemon_json"):
-        drift.append(f"{DAEMON_JSON_PATH} was changed on the host")
-    if observed.get("dropin") != applied.get("dropin"):
-        drift.append(f"{DROPIN_PATH} was changed on the host")
+    for key, path in (("daemon_json", DAEMON_JSON_PATH), ("dropin", DROPIN_PATH)):
+        if observed.get(key) is None:
+            drift.append(f"{path} is missing")
+        elif observed.get(key) != applied.get(key):
+            drift.append(f"{path} was changed on the host")
     observed_files = observed.get("files") or {}
     for path, expected in sorted((applied.get("files") or {}).items()):
         seen = observed_files.get(path, "missing")

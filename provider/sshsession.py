@@ -3,8 +3,8 @@
 A :class:`RemoteSession` wraps a single authenticated connection: every command
 and every file upload of one create, update, read or delete goes through it.
 The server's host key is checked against the key recorded in state (or pinned
-by the user) before authentication; on first contact, with nothing recorded,
-the presented key is accepted and returned so the caller can record it.
+by the user) before authentication. On first contact, with nothing recorded,
+the presented key is accepted and returned so that the caller can record it.
 
 Secrets never reach a command line: scripts travel on the channel's stdin and
 files over SFTP.
@@ -35,7 +35,7 @@ COMMAND_TIMEOUT_SECONDS = 600.0
 
 @dataclasses.dataclass(frozen=True)
 class SSHTarget:
-    """Where and how to log in. ``host_key`` of ``None`` means first contact."""
+    """Login details of one host; a ``host_key`` of ``None`` means first contact."""
 
     host: str
     port: int
@@ -202,13 +202,16 @@ async def _presented_host_key(target: SSHTarget) -> str | None:
     """Fetch the key the server presents now, of the recorded key's type."""
     algorithm = target.host_key.split()[0] if target.host_key else None
     try:
-        key = await asyncssh.get_server_host_key(
-            target.host,
-            target.port,
-            server_host_key_algs=[algorithm] if algorithm else (),
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        key = await asyncio.wait_for(
+            asyncssh.get_server_host_key(
+                target.host,
+                target.port,
+                server_host_key_algs=[algorithm] if algorithm else (),
+                config=None,
+            ),
+            CONNECT_TIMEOUT_SECONDS,
         )
-    except (OSError, asyncssh.Error):
+    except (OSError, asyncio.TimeoutError, asyncssh.Error):
         return None
     if key is None:
         return None

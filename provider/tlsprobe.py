@@ -82,6 +82,14 @@ def _get(address: str, port: int, path: str, context: ssl.SSLContext) -> bytes:
 
 def _classify(error: BaseException, address: str, port: int) -> Exception:
     url = docker_host_url(address, port)
+    if isinstance(error, (ssl.SSLEOFError, ConnectionResetError)):
+        # Closed before any TLS alert: nothing listens behind a forwarder or
+        # a firewall cut the connection, which no certificate change will fix.
+        return DaemonUnreachableError(
+            f"network error: {url} closed the connection before the TLS "
+            f"handshake finished; check that the daemon runs and listens on "
+            f"port {port}, and that nothing between here and the host cuts it"
+        )
     if isinstance(error, ssl.SSLCertVerificationError):
         return TLSVerificationError(
             f"the certificate of the daemon at {url} was rejected: "

@@ -21,7 +21,7 @@ DEMO_HOLDER = "pulumi-docker-machine demo VM"
 
 
 def demo_dir() -> Path:
-    """Return the directory that holds the demo's key and VM."""
+    """Return the directory that contains the demo's key and VM."""
     return vmimage.cache_root() / "demo"
 
 

@@ -2,7 +2,7 @@
 
 Each case runs ``pulumi preview`` and ``pulumi up`` on one stack whose state
 stays empty. Values checked by a resource's ``check`` fail the same way in
-both; structural faults (no name, a duplicate name, an unknown setting) are
+both. Structural faults (no name, a duplicate name, an unknown setting) are
 rejected by the program before any resource is declared.
 """
 

@@ -1,8 +1,9 @@
 """A machine's whole life through the real ``pulumi`` CLI, on the Debian test VM.
 
-The tests run in file order on one stack and one VM: preview, up, the docker
-client through the exported variables, a no-op up, an in-place update,
-drift found by refresh and repaired by up, a changed host key, and destroy.
+The tests run in file order on one stack and one VM. They cover preview, up,
+the docker client through the exported variables, a no-op up and an in-place
+update. Then drift found by refresh and repaired by up, a changed host key,
+and destroy.
 Server-side SSH login counts come from the VM's sshd journal.
 """
 
@@ -16,7 +17,8 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from provider import daemon_config
+from provider import daemon_config, tlsprobe
+from provider.errors import DaemonUnreachableError
 from tests.harness.netguard import check_dialable
 
 pytestmark = pytest.mark.vm
@@ -240,18 +242,30 @@ def test_changed_host_key_rejected_then_accepted(shared_vm, stack):
 
 
 def test_destroy_removes_listener_keeps_docker(shared_vm, stack):
-    cert_dir = machine_outputs(stack)["DOCKER_CERT_PATH"]
+    outputs = machine_outputs(stack)
+    secrets = stack.outputs(show_secrets=True)["machineSecrets"]["lifecycle"]
+    cert_dir = outputs["DOCKER_CERT_PATH"]
 
     stack.destroy()
 
     assert stack.resources() == []
-    status, stdout, _ = shared_vm.run("systemctl is-active docker; ls /etc/docker")
-    assert stdout.splitlines()[0] == "active"
-    assert "server-key.pem" not in stdout
-    assert "ca.pem" not in stdout
-    assert shared_vm.run("docker info --format '{{.ServerVersion}}'")[0] == 0
-    with pytest.raises(OSError):
-        socket.create_connection((check_dialable(shared_vm.address), ENGINE_PORT), 5)
+    _, active, _ = shared_vm.run("systemctl is-active docker")
+    assert active.strip() == "active"
+    _, listing, _ = shared_vm.run("ls /etc/docker")
+    assert "server-key.pem" not in listing.split()
+    assert "ca.pem" not in listing.split()
+    status, _, stderr = shared_vm.run("docker info --format '{{.ServerVersion}}'")
+    assert status == 0, f"docker over the Unix socket failed: {stderr}"
+    # QEMU accepts every TCP connection on a forwarded port, so the check is
+    # that no daemon completes a TLS handshake there any more.
+    with pytest.raises(DaemonUnreachableError):
+        tlsprobe.fetch_version(
+            check_dialable(shared_vm.address),
+            ENGINE_PORT,
+            outputs["caCertPem"],
+            outputs["clientCertPem"],
+            secrets["clientKeyPem"],
+        )
     assert not stack.machines_home.joinpath(cert_dir).exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -10,7 +11,7 @@ from pulumi.dynamic import CheckFailure
 from pulumi.output import Unknown
 from pulumi.runtime import rpc
 
-from provider.errors import InvalidInputError
+from provider.errors import DockerMachineError, InvalidInputError
 
 T = TypeVar("T")
 
@@ -40,8 +41,8 @@ def run_checks(
 ) -> tuple[dict[str, Any], list[CheckFailure]]:
     """Validate ``props`` field by field; return normalised inputs and failures.
 
-    A field that is absent or ``None`` is skipped (optional inputs), and so
-    is a field not known yet; every other field is checked, so one run
+    Absent and ``None`` fields are optional inputs and are skipped, and so are
+    fields not known yet. Every other field is checked, so that one run
     reports every bad field at once.
     """
     inputs = dict(props)
@@ -67,3 +68,24 @@ def changed_keys(
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on a fresh event loop in the calling gRPC worker thread."""
     return asyncio.run(coroutine)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def short_errors(method: F) -> F:
+    """Re-raise this project's errors without their inner traceback.
+
+    The dynamic provider server reports a failed call with the whole Python
+    traceback. The message of an error of ours already names what failed and
+    what to do, so the frames below the provider method are dropped.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except DockerMachineError as error:
+            raise error.with_traceback(None) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from pulumi.dynamic import (
 from provider import checks, pki
 from provider.errors import InvalidInputError
 from provider.progress import report
-from provider.resources.base import changed_keys, run_checks
+from provider.resources.base import changed_keys, run_checks, short_errors
 
 INPUTS = ("algorithm", "validity_days", "client_validity_days", "common_name")
 SECRET_OUTPUTS = ["ca_key_pem", "client_key_pem"]
@@ -66,6 +66,7 @@ class CertAuthorityProvider(ResourceProvider):
         replaces = changed_keys(olds, news, INPUTS)
         return DiffResult(changes=bool(replaces), replaces=replaces)
 
+    @short_errors
     def create(self, props: dict[str, Any]) -> CreateResult:
         algorithm = props.get("algorithm") or pki.DEFAULT_ALGORITHM
         common_name = props.get("common_name") or "pulumi-docker-machine CA"

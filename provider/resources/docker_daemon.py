@@ -14,6 +14,7 @@ from typing import Any
 
 import pulumi
 from pulumi.dynamic import (
+    CheckFailure,
     CheckResult,
     CreateResult,
     DiffResult,
@@ -31,16 +32,22 @@ from provider.configure import (
     unconfigure_host,
 )
 from provider.remote_scripts import describe_drift
-from provider.resources.base import changed_keys, run_async, run_checks
+from provider.resources.base import (
+    changed_keys,
+    is_unknown,
+    run_async,
+    run_checks,
+    short_errors,
+)
 
-# Inputs that need work on the host when they change.
-APPLY_INPUTS = ("extra_sans", "engine_port", "ca_cert_pem", "ca_key_pem")
+# Inputs that need work on the host when they change. A new host key is
+# there too: it usually means the machine was rebuilt and lost its settings.
+APPLY_INPUTS = ("extra_sans", "engine_port", "ca_cert_pem", "ca_key_pem", "host_key")
 # Inputs used only to reach the host or to check the listener.
 ACCESS_INPUTS = (
     "machine_name",
     "ssh_user",
     "ssh_private_key",
-    "host_key",
     "client_cert_pem",
     "client_key_pem",
     "cert_path",
@@ -58,6 +65,21 @@ DEFAULT_SERVER_VALIDITY_DAYS = 1095
 def _check_ca_cert(value: Any) -> str:
     pki.parse_certificate(value, "ca_cert_pem")
     return value
+
+
+def _port_clash(inputs: dict[str, Any], failures: list) -> list[CheckFailure]:
+    """Reject an engine port equal to the SSH port of the same address."""
+    ssh_port = inputs.get("ssh_port")
+    engine_port = inputs.get("engine_port")
+    if failures or is_unknown(ssh_port) or is_unknown(engine_port) or ssh_port is None:
+        return []
+    if int(engine_port) != int(ssh_port):
+        return []
+    message = (
+        f"invalid engine_port {int(engine_port)}: sshd already listens on that port "
+        f"of the host; use 2376, the usual port of dockerd with TLS"
+    )
+    return [CheckFailure("engine_port", message)]
 
 
 def _request(props: dict[str, Any]) -> ConfigureRequest:
@@ -123,6 +145,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
                 ("ca_cert_pem", _check_ca_cert),
             ],
         )
+        failures += _port_clash(inputs, failures)
         return CheckResult(inputs, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -132,6 +155,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
             changes=bool(changes) or _has_drifted(olds), replaces=replaces
         )
 
+    @short_errors
     def create(self, props: dict[str, Any]) -> CreateResult:
         server = _sign_server_certificate(props)
         outputs = run_async(
@@ -142,6 +166,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
             self._outputs(props, server, outputs),
         )
 
+    @short_errors
     def update(
         self, _id: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> UpdateResult:
@@ -167,11 +192,13 @@ class DockerDaemonConfigProvider(ResourceProvider):
         )
         return UpdateResult(self._outputs(news, server, outputs))
 
+    @short_errors
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         observed = run_async(observe_host(_request(props)))
         drift = describe_drift(props.get("applied") or {}, observed)
         return ReadResult(id_, {**props, "observed": observed, "drift": drift})
 
+    @short_errors
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         run_async(unconfigure_host(_request(props)))
         certdir.remove_cert_dir(props.get("cert_path"))

@@ -24,7 +24,7 @@ from pulumi.dynamic import (
 from provider import checks
 from provider.errors import InvalidInputError
 from provider.progress import report
-from provider.resources.base import changed_keys, run_async, run_checks
+from provider.resources.base import changed_keys, run_async, run_checks, short_errors
 from provider.sshsession import SSHTarget, host_key_fingerprint, open_session
 
 DRIVERS = ("generic",)
@@ -118,6 +118,7 @@ class HostProvider(ResourceProvider):
         replaces = [key for key in changes if key in REPLACE_ON]
         return DiffResult(changes=bool(changes), replaces=replaces)
 
+    @short_errors
     def create(self, props: dict[str, Any]) -> CreateResult:
         pinned = props.get("pinned_host_key")
         target = _target(props, pinned)
@@ -131,6 +132,7 @@ class HostProvider(ResourceProvider):
         host_id = f"generic:{props['address']}:{props['ssh_port']}"
         return CreateResult(host_id, _outputs(props, host_key, os_name))
 
+    @short_errors
     def update(
         self, _id: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> UpdateResult:
