@@ -237,7 +237,12 @@ def test_changed_host_key_rejected_then_accepted(shared_vm, stack):
     stack.write_config(
         [machine_entry(shared_vm, extraSans=["docker.example.test"], sshHostKey=new_key)]
     )
+    pid_before = dockerd_pid(shared_vm)
     stack.up()
+
+    # A new host key may mean a rebuilt machine, so the daemon is configured again.
+    assert dockerd_pid(shared_vm) != pid_before
+    assert machine_outputs(stack)["sshHostKey"] == new_key
     stack.refresh()
 
 
