@@ -81,18 +81,25 @@ async def _read_facts(session: RemoteSession, name: str) -> dict[str, str]:
     result = await session.run_script(
         remote_scripts.FACTS_SCRIPT, "reading host facts", as_root=False
     )
-    facts = remote_scripts.parse_emitted(result.stdout)
+    return remote_scripts.parse_emitted(result.stdout)
+
+
+def _check_facts(session: RemoteSession, name: str, facts: dict[str, str]) -> None:
+    """Raise HostNotSupportedError unless the host can be configured."""
     host = session.target.host
-    if facts.get("systemd") != "yes":
+    if facts.get("sudo") != "yes":
         raise HostNotSupportedError(
-            f"{name}: {host} does not run systemd; {_SUPPORTED_HINT}"
+            f"{name}: the SSH user {session.target.user!r} cannot run sudo without "
+            f"a password on {host}; allow it passwordless sudo (NOPASSWD in "
+            f"/etc/sudoers.d) or log in as root"
         )
+    if facts.get("systemd") != "yes":
+        raise HostNotSupportedError(f"{name}: {host} does not run systemd; {_SUPPORTED_HINT}")
     if not facts.get("dockerd") or not facts.get("unit"):
         raise HostNotSupportedError(
             f"{name}: Docker is not installed on {host} (no dockerd or no "
             f"docker.service unit); {_SUPPORTED_HINT}"
         )
-    return facts
 
 
 def _render_files(
@@ -142,36 +149,49 @@ async def _verify_tls(request: ConfigureRequest) -> dict:
     return version
 
 
+async def _remove_staging(session: RemoteSession, staging: str) -> None:
+    await session.run_script(
+        'rm -rf "$1"\n',
+        "removing the staging directory",
+        args=(staging,),
+        as_root=False,
+        check=False,
+    )
+
+
+async def _stage_files(
+    session: RemoteSession, request: ConfigureRequest, server: IssuedCertificate
+) -> tuple[dict[str, bytes], str]:
+    """Check the host, render the files and upload them to a staging directory.
+
+    The facts script makes the staging directory, so any failure here removes
+    it before the error goes on.
+    """
+    facts = await _read_facts(session, request.machine_name)
+    staging = facts["staging"]
+    try:
+        _check_facts(session, request.machine_name, facts)
+        files = _render_files(request, server, facts)
+
+        report(f"{request.machine_name}: uploading the certificates and daemon configuration")
+        await session.upload(files, staging)
+    except BaseException:
+        await _remove_staging(session, staging)
+        raise
+    return files, staging
+
+
 async def _place_and_verify(
     session: RemoteSession, request: ConfigureRequest, server: IssuedCertificate
 ) -> dict[str, Any]:
     name = request.machine_name
-    facts = await _read_facts(session, name)
-    files = _render_files(request, server, facts)
-    staging = facts["staging"]
+    files, staging = await _stage_files(session, request, server)
 
-    report(f"{name}: uploading the certificates and daemon configuration")
-    try:
-        await session.upload(files, staging)
-    except BaseException:
-        await session.run_script(
-            'rm -rf "$1"\n',
-            "removing the staging directory",
-            args=(staging,),
-            as_root=False,
-            check=False,
-        )
-        raise
-
-    report(
-        f"{name}: restarting Docker with the TLS listener on port {request.engine_port}"
-    )
+    report(f"{name}: restarting Docker with the TLS listener on port {request.engine_port}")
     result = await session.run_script(
         remote_scripts.APPLY_SCRIPT, "restarting Docker", args=(staging,)
     )
-    observed = remote_scripts.observed_state(
-        remote_scripts.parse_emitted(result.stdout)
-    )
+    observed = remote_scripts.observed_state(remote_scripts.parse_emitted(result.stdout))
 
     version = await _verify_tls(request)
     report(f"{name}: Docker {version.get('Version')} answers on {request.docker_host}")

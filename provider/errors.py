@@ -43,8 +43,8 @@ class HostKeyMismatchError(DockerMachineError):
         super().__init__(
             f"host key of {host}:{port} changed: recorded {expected}, "
             f"the server now presents {seen}. If the machine was rebuilt on "
-            f"purpose, accept the new key by setting the Host input host_key "
-            f"(hostKey in the stack configuration) to the new public key and "
+            f"purpose, accept the new key by setting sshHostKey in the stack "
+            f"configuration (the Host input host_key) to the new public key and "
             f"running `pulumi up`; otherwise treat it as a possible "
             f"man-in-the-middle and do not connect."
         )

@@ -43,7 +43,10 @@ emit_file() {
 # Prints what the configure step needs to know about the host, and makes the
 # private staging directory for the upload. Runs as the login user.
 FACTS_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + f"""\
+# A non-root login's PATH often lacks the sbin directories where dockerd is.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 emit uid "$(id -u)"
+if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then emit sudo yes; else emit sudo no; fi
 if [ -d /run/systemd/system ]; then emit systemd yes; else emit systemd no; fi
 emit dockerd "$(command -v dockerd || true)"
 fragment=$(systemctl show -p FragmentPath --value docker.service 2>/dev/null || true)

@@ -181,7 +181,9 @@ def _host_key_algorithms(target: SSHTarget) -> list[str] | tuple[()]:
     return _FIRST_CONTACT_ALGORITHMS if target.host_key is None else ()
 
 
-async def _connect_once(target: SSHTarget) -> asyncssh.SSHClientConnection:
+async def _connect_once(
+    target: SSHTarget, timeout: float
+) -> asyncssh.SSHClientConnection:
     client_key = asyncssh.import_private_key(target.private_key)
     return await asyncssh.connect(
         target.host,
@@ -193,7 +195,7 @@ async def _connect_once(target: SSHTarget) -> asyncssh.SSHClientConnection:
         agent_path=None,
         config=None,
         preferred_auth="publickey",
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        connect_timeout=timeout,
         keepalive_interval=30,
     )
 
@@ -232,8 +234,10 @@ async def connect(
     deadline = time.monotonic() + deadline_seconds
     delay = 1.0
     for attempt in range(1, attempts + 1):
+        # The last attempt gets only what is left, so the deadline holds.
+        timeout = min(CONNECT_TIMEOUT_SECONDS, max(deadline - time.monotonic(), 1.0))
         try:
-            return await _connect_once(target)
+            return await _connect_once(target, timeout)
         except asyncssh.HostKeyNotVerifiable:
             presented = await _presented_host_key(target)
             raise HostKeyMismatchError(

@@ -1,22 +1,23 @@
 """Faults and bad hosts through the real engine, on real test VMs.
 
-Each scenario fixture breaks one thing (a key, a port, a host key, a host
-file, Docker itself, the VM's clock or the VM), runs ``pulumi`` on a stack of
-its own and records what the command printed and what it left in state and
-on the host. The tables then check every failed run the same way: a message
-that names the fault, no DockerDaemonConfig in state, nothing left on the
-host, and no private key in the output or the stack export.
+Each scenario fixture breaks one thing: a key, a port, a host key, a host
+file, a user's rights, Docker itself, the VM's clock or the VM. It then runs
+``pulumi`` on a stack of its own and records what the command printed and
+what it left in state and on the host. The tables then check every failed run
+the same way: a message that names the fault, no DockerDaemonConfig in state,
+nothing left on the host, and no private key in the output or the export.
 
 The cases that leave the host as it was share the session's VM and put its
 Docker set-up back before and after each scenario. The cases that break the
-host itself (Docker removed, clock set back, VM frozen) use a second VM of
-this module's own.
+host itself (Docker removed, clock set back, VM frozen, VM off) use a second
+VM of this module's own.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,8 @@ from tests.harness.faults import (
     new_public_key_line,
     openssh_fingerprint,
     paused,
+    port_held,
+    power_off,
     reset_host,
     resource_error_seconds,
     resource_outputs,
@@ -37,6 +40,7 @@ from tests.harness.faults import (
     run_as_root,
     short_types,
     snapshot_host,
+    socket_labels,
     write_unknown_key,
 )
 from tests.harness.netguard import check_dialable
@@ -45,10 +49,12 @@ from tests.harness.vm import TestVM
 pytestmark = pytest.mark.vm
 
 CLOSED_PORT = 1  # nothing listens on port 1 of a test VM's address
-PORT_HELD_BY_SSHD = 22
+HELD_ENGINE_PORT = 2399  # a second sshd listens there inside the VM
 NO_SUDO_USER = "pdm-nosudo"
-CLOCK_BEHIND_SECONDS = 600  # past the five minutes of skew certificates allow
-# Settings a host had before Pulumi, in the owner's own spacing; the label
+CLOCK_BEHIND_SECONDS = 600  # past the five minutes of skew the certificates allow
+# The engine's timer for a resource also counts the provider's own start-up.
+TIMER_SLACK_SECONDS = 5
+# Settings that a host had before Pulumi, in its owner's spacing. The label
 # shows in `docker info` only when dockerd really read the file.
 EXISTING_DAEMON_JSON = '{ "labels": ["pdm-faults=kept"],  "log-level": "warn" }\n'
 EXISTING_LABELS = ["pdm-faults=kept"]
@@ -77,8 +83,8 @@ def write_existing_daemon_json(vm):
     )
 
 
-def failed_up(stack_factory, vm, private_keys, **settings):
-    """Run ``pulumi up`` for a machine on ``vm`` with ``settings``; record it."""
+def record_up(stack_factory, vm, private_keys, **settings):
+    """Run ``pulumi up`` for a machine on ``vm`` with ``settings`` and record it."""
     stack = stack_factory()
     stack.write_config([machine_entry(vm, **settings)])
     return run_and_record(stack, vm, lambda: stack.up(check=False), private_keys)
@@ -107,25 +113,20 @@ def docker_over_tls(stack, *args):
 def wrong_key_run(shared_vm, stack_factory, unknown_key):
     """``pulumi up`` with a valid key that the VM does not authorize."""
     reset_host(shared_vm)
-    run = failed_up(
+    return record_up(
         stack_factory,
         shared_vm,
         [unknown_key.read_text()],
         sshPrivateKeyFile=str(unknown_key),
     )
-    reset_host(shared_vm)
-    return run
 
 
 @pytest.fixture(scope="module")
 def closed_port_run(shared_vm, stack_factory):
     """``pulumi up`` against a port of the VM's address where nothing listens."""
     reset_host(shared_vm)
-    return failed_up(
-        stack_factory,
-        shared_vm,
-        [shared_vm.private_key_text],
-        sshPort=CLOSED_PORT,
+    return record_up(
+        stack_factory, shared_vm, [shared_vm.private_key_text], sshPort=CLOSED_PORT
     )
 
 
@@ -145,9 +146,22 @@ def wrong_host_key_run(shared_vm, stack_factory):
         pinned_fingerprint=openssh_fingerprint(pinned),
         presented_fingerprint=openssh_fingerprint(shared_vm.host_key),
     )
-    # The snapshot in run_and_record and this count log in once each.
+    # The host snapshot in run_and_record and this count log in once each.
     run.facts["logins"] = shared_vm.accepted_logins() - logins_before - 2
     return run
+
+
+@pytest.fixture(scope="module")
+def engine_port_is_ssh_port_run(shared_vm, stack_factory):
+    """``pulumi preview`` with ``enginePort`` equal to ``sshPort``."""
+    stack = stack_factory()
+    stack.write_config([machine_entry(shared_vm, enginePort=shared_vm.ssh_port)])
+    return run_and_record(
+        stack,
+        shared_vm,
+        lambda: stack.preview(check=False),
+        [shared_vm.private_key_text],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +170,7 @@ def invalid_daemon_json_run(shared_vm, stack_factory):
     reset_host(shared_vm)
     run_as_root(shared_vm, f'printf \'{{"log-level": "warn",\\n\' > {DAEMON_JSON_PATH}')
     before = snapshot_host(shared_vm).daemon_json
-    run = failed_up(stack_factory, shared_vm, [shared_vm.private_key_text])
+    run = record_up(stack_factory, shared_vm, [shared_vm.private_key_text])
     run.facts["daemon_json_before"] = before
     reset_host(shared_vm)
     return run
@@ -164,7 +178,7 @@ def invalid_daemon_json_run(shared_vm, stack_factory):
 
 @pytest.fixture(scope="module")
 def engine_port_taken_run(shared_vm, stack_factory):
-    """``pulumi up`` with ``enginePort`` 22, where the VM's sshd listens.
+    """``pulumi up`` with ``enginePort`` on a port another listener holds.
 
     The host has a daemon.json of its own, so the test can tell whether
     Docker came back with its old configuration after the undo.
@@ -172,16 +186,15 @@ def engine_port_taken_run(shared_vm, stack_factory):
     reset_host(shared_vm)
     write_existing_daemon_json(shared_vm)
     before = snapshot_host(shared_vm).daemon_json
-    run = failed_up(
-        stack_factory,
-        shared_vm,
-        [shared_vm.private_key_text],
-        enginePort=PORT_HELD_BY_SSHD,
-    )
+    with port_held(shared_vm, HELD_ENGINE_PORT):
+        run = record_up(
+            stack_factory,
+            shared_vm,
+            [shared_vm.private_key_text],
+            enginePort=HELD_ENGINE_PORT,
+        )
     run.facts["daemon_json_before"] = before
-    run.facts["labels_over_socket"] = run_as_root(
-        shared_vm, "docker info --format '{{json .Labels}}'"
-    )
+    run.facts["socket_labels"] = socket_labels(shared_vm)
     reset_host(shared_vm)
     return run
 
@@ -199,7 +212,7 @@ def no_sudo_run(shared_vm, stack_factory):
         f"/root/.ssh/authorized_keys {home}/.ssh/authorized_keys\n",
     )
     try:
-        run = failed_up(
+        run = record_up(
             stack_factory,
             shared_vm,
             [shared_vm.private_key_text],
@@ -213,7 +226,7 @@ def no_sudo_run(shared_vm, stack_factory):
 
 @pytest.fixture(scope="module")
 def settings_lifecycle(shared_vm, stack_factory):
-    """Up, Docker stopped, refresh, up, destroy, on a host with its own daemon.json.
+    """Up, Docker stopped, refresh, up and destroy, on a host with a daemon.json.
 
     Returns what each step showed, keyed by step.
     """
@@ -242,6 +255,7 @@ def settings_lifecycle(shared_vm, stack_factory):
 
         steps["destroy"] = stack.destroy()
         steps["after_destroy"] = snapshot_host(vm)
+        steps["socket_after_destroy"] = socket_labels(vm)
         steps["types_after_destroy"] = short_types(stack)
     finally:
         if short_types(stack):
@@ -264,7 +278,7 @@ def docker_missing_run(damaged_vm, stack_factory):
         f"mv {DOCKERD} {DOCKERD}.pdm-moved",
     )
     try:
-        run = failed_up(stack_factory, vm, [vm.private_key_text])
+        run = record_up(stack_factory, vm, [vm.private_key_text])
     finally:
         run_as_root(vm, f"mv {DOCKERD}.pdm-moved {DOCKERD}")
         reset_host(vm)
@@ -277,7 +291,7 @@ def clock_skew_run(damaged_vm, stack_factory):
     vm = damaged_vm
     reset_host(vm)
     with guest_clock_behind(vm, CLOCK_BEHIND_SECONDS):
-        run = failed_up(stack_factory, vm, [vm.private_key_text])
+        run = record_up(stack_factory, vm, [vm.private_key_text])
     reset_host(vm)
     return run
 
@@ -302,6 +316,7 @@ def unreachable_destroy(damaged_vm, stack_factory):
         around=lambda: paused(vm),
     )
     recovered = run_and_record(stack, vm, lambda: stack.destroy(check=False), keys)
+    recovered.facts["socket_labels"] = socket_labels(vm)
     if short_types(stack):
         stack.destroy(check=False)
     reset_host(vm)
@@ -314,23 +329,54 @@ def frozen_destroy_run(unreachable_destroy):
     return unreachable_destroy["frozen"]
 
 
+@pytest.fixture(scope="module")
+def powered_off_destroy_run(
+    damaged_vm, stack_factory, docker_missing_run, clock_skew_run, unreachable_destroy
+):
+    """``pulumi destroy`` after the VM was powered off, then the way out.
+
+    After the failed destroy, the fixture follows the message's advice for a
+    machine that is gone for good: it finds the URN with ``pulumi stack
+    --show-urns``, runs ``pulumi state delete URN`` and destroys again.
+
+    This ends the module's own VM, so it requests the other scenarios on
+    that VM as fixtures, which makes them run before it.
+    """
+    vm = damaged_vm
+    reset_host(vm)
+    stack = stack_factory()
+    stack.write_config([machine_entry(vm)])
+    stack.up()
+    power_off(vm)
+    run = run_and_record(
+        stack,
+        vm,
+        lambda: stack.destroy(check=False),
+        [vm.private_key_text],
+        read_host=False,
+    )
+
+    (daemon,) = [
+        resource
+        for resource in stack.resources()
+        if resource["type"].endswith(":DockerDaemonConfig")
+    ]
+    run.facts["urn_listed"] = daemon["urn"] in stack.run("stack", "--show-urns").stdout
+    stack.run("state", "delete", daemon["urn"], "--yes")
+    run.facts["final_destroy"] = stack.destroy(check=False)
+    run.facts["types_after_final_destroy"] = short_types(stack)
+    run.facts["cert_dir_left"] = Path(daemon["outputs"]["cert_path"]).exists()
+    return run
+
+
 # -- every failed run, one table per property -------------------------------
 
-WRONG_HOST_KEY_BUG = (
-    "asyncssh.get_server_host_key() rejects the connect_timeout argument, so "
-    "the host key mismatch surfaces as 'TypeError: get_server_host_key() got "
-    "an unexpected keyword argument' with neither fingerprint; the message "
-    "also names the setting hostKey, but the stack setting is sshHostKey"
-)
-STAGING_LEAK_BUG = (
-    "the facts script makes the staging directory /tmp/tmp.* before the host "
-    "checks, and it is removed only when the upload fails, so a host check "
-    "that fails (daemon.json, Docker, sudo) leaves it behind"
-)
-NO_SUDO_BUG = (
-    "a non-root login does not have /usr/sbin on PATH, so the facts script "
-    "finds no dockerd and the error says 'Docker is not installed' instead "
-    "of saying that the user needs passwordless sudo"
+CLOCK_SKEW_BUG = (
+    "with the host's clock 10 minutes behind, dockerd rejects the client "
+    "certificate as not yet valid, and the error reads 'TLS handshake with the "
+    "daemon at tcp://ADDRESS:2376 failed: SSLV3_ALERT_BAD_CERTIFICATE. The "
+    "daemon may trust a different CA than this stack's', which points at the "
+    "CA and never at the clock"
 )
 
 MESSAGES = [
@@ -359,7 +405,14 @@ MESSAGES = [
             "sshHostKey",
         ],
         id="wrong-host-key",
-        marks=pytest.mark.xfail(strict=True, reason=WRONG_HOST_KEY_BUG),
+    ),
+    pytest.param(
+        "engine_port_is_ssh_port_run",
+        lambda run: [
+            f"invalid engine_port {run.ssh_port}",
+            "sshd already listens on that port",
+        ],
+        id="engine-port-is-ssh-port",
     ),
     pytest.param(
         "invalid_daemon_json_run",
@@ -372,16 +425,15 @@ MESSAGES = [
     pytest.param(
         "engine_port_taken_run",
         lambda run: [
-            f"listen tcp 0.0.0.0:{PORT_HELD_BY_SSHD}: bind: address already in use",
+            f"listen tcp 0.0.0.0:{HELD_ENGINE_PORT}: bind: address already in use",
             "configure failed, removing what it placed",
         ],
         id="engine-port-taken",
     ),
     pytest.param(
         "no_sudo_run",
-        lambda run: [NO_SUDO_USER, "passwordless sudo"],
+        lambda run: [f"'{NO_SUDO_USER}'", "passwordless sudo"],
         id="no-sudo",
-        marks=pytest.mark.xfail(strict=True, reason=NO_SUDO_BUG),
     ),
     pytest.param(
         "docker_missing_run",
@@ -392,6 +444,7 @@ MESSAGES = [
         "clock_skew_run",
         lambda run: ["clock"],
         id="clock-skew",
+        marks=pytest.mark.xfail(strict=True, reason=CLOCK_SKEW_BUG),
     ),
     pytest.param(
         "frozen_destroy_run",
@@ -399,8 +452,19 @@ MESSAGES = [
             f"removing the TLS listener from {run.address}",
             f"could not reach SSH on {run.address}:{run.ssh_port}",
             "no answer within",
+            "pulumi state delete",
         ],
         id="frozen-destroy",
+    ),
+    pytest.param(
+        "powered_off_destroy_run",
+        lambda run: [
+            f"could not reach SSH on {run.address}:{run.ssh_port} after "
+            f"{CONNECT_ATTEMPTS} attempts: connection refused",
+            f"The TLS settings are still on {run.address}",
+            "pulumi state delete",
+        ],
+        id="powered-off-destroy",
     ),
 ]
 
@@ -420,6 +484,11 @@ NOT_IN_STATE = [
     pytest.param("closed_port_run", ["Host", "DockerDaemonConfig"], id="closed-port"),
     pytest.param(
         "wrong_host_key_run", ["Host", "DockerDaemonConfig"], id="wrong-host-key"
+    ),
+    pytest.param(
+        "engine_port_is_ssh_port_run",
+        ["CertAuthority", "Host", "DockerDaemonConfig"],
+        id="engine-port-is-ssh-port",
     ),
     pytest.param(
         "invalid_daemon_json_run", ["DockerDaemonConfig"], id="invalid-daemon-json"
@@ -443,22 +512,10 @@ def test_failed_up_creates_nothing(request, scenario, absent):
 
 LEFT_ON_HOST = [
     pytest.param("wrong_key_run", id="wrong-key"),
-    pytest.param(
-        "invalid_daemon_json_run",
-        id="invalid-daemon-json",
-        marks=pytest.mark.xfail(strict=True, reason=STAGING_LEAK_BUG),
-    ),
+    pytest.param("invalid_daemon_json_run", id="invalid-daemon-json"),
     pytest.param("engine_port_taken_run", id="engine-port-taken"),
-    pytest.param(
-        "no_sudo_run",
-        id="no-sudo",
-        marks=pytest.mark.xfail(strict=True, reason=STAGING_LEAK_BUG),
-    ),
-    pytest.param(
-        "docker_missing_run",
-        id="docker-missing",
-        marks=pytest.mark.xfail(strict=True, reason=STAGING_LEAK_BUG),
-    ),
+    pytest.param("no_sudo_run", id="no-sudo"),
+    pytest.param("docker_missing_run", id="docker-missing"),
     pytest.param("clock_skew_run", id="clock-skew"),
 ]
 
@@ -474,12 +531,14 @@ FAILED_RUNS = [
     pytest.param("wrong_key_run", id="wrong-key"),
     pytest.param("closed_port_run", id="closed-port"),
     pytest.param("wrong_host_key_run", id="wrong-host-key"),
+    pytest.param("engine_port_is_ssh_port_run", id="engine-port-is-ssh-port"),
     pytest.param("invalid_daemon_json_run", id="invalid-daemon-json"),
     pytest.param("engine_port_taken_run", id="engine-port-taken"),
     pytest.param("no_sudo_run", id="no-sudo"),
     pytest.param("docker_missing_run", id="docker-missing"),
     pytest.param("clock_skew_run", id="clock-skew"),
     pytest.param("frozen_destroy_run", id="frozen-destroy"),
+    pytest.param("powered_off_destroy_run", id="powered-off-destroy"),
 ]
 
 
@@ -511,7 +570,7 @@ def test_closed_port_within_deadline(closed_port_run):
     )
 
     assert seconds is not None, closed_port_run.output
-    assert seconds <= CONNECT_DEADLINE_SECONDS
+    assert seconds <= CONNECT_DEADLINE_SECONDS + TIMER_SLACK_SECONDS
 
 
 def test_wrong_host_key_never_logs_in(wrong_host_key_run):
@@ -527,10 +586,12 @@ def test_invalid_daemon_json_left_untouched(invalid_daemon_json_run):
 
 def test_engine_port_failure_restores_docker(engine_port_taken_run):
     run = engine_port_taken_run
+    status, labels = run.facts["socket_labels"]
 
     assert run.host.docker_active == "active"
     assert run.host.daemon_json == run.facts["daemon_json_before"]
-    assert json.loads(run.facts["labels_over_socket"]) == EXISTING_LABELS
+    assert status == 0, "docker does not answer on its Unix socket"
+    assert json.loads(labels) == EXISTING_LABELS
 
 
 def test_existing_settings_kept_after_up(settings_lifecycle):
@@ -562,11 +623,14 @@ def test_up_restarts_stopped_docker(settings_lifecycle):
 
 def test_destroy_restores_daemon_json_exactly(settings_lifecycle):
     after = settings_lifecycle["after_destroy"]
+    status, labels = settings_lifecycle["socket_after_destroy"]
 
     assert settings_lifecycle["types_after_destroy"] == []
     assert after.daemon_json == settings_lifecycle["daemon_json_before"]
     assert after.leftovers == []
     assert after.docker_active == "active"
+    assert status == 0, "docker does not answer on its Unix socket"
+    assert json.loads(labels) == EXISTING_LABELS
 
 
 def test_frozen_destroy_keeps_state(frozen_destroy_run):
@@ -574,40 +638,47 @@ def test_frozen_destroy_keeps_state(frozen_destroy_run):
     assert "Host" in frozen_destroy_run.resource_types
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "sshsession.connect checks its 120 s deadline only between attempts, "
-        "so the last 15 s connect attempt starts at 120 s and the delete "
-        "gives up after 135 s"
-    ),
-)
 def test_frozen_destroy_within_deadline(frozen_destroy_run):
     seconds = resource_error_seconds(
         frozen_destroy_run.output, f"{MACHINE_NAME}-docker", "deleting"
     )
 
     assert seconds is not None, frozen_destroy_run.output
-    assert seconds <= CONNECT_DEADLINE_SECONDS
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a destroy that cannot reach the host says only to check that the "
-        "host is up; it does not say that the TLS settings are still on the "
-        "host and the resource stays in state, nor how to drop a machine "
-        "that is gone for good (pulumi state delete URN)"
-    ),
-)
-def test_frozen_destroy_says_next_step(frozen_destroy_run):
-    assert "pulumi state delete" in frozen_destroy_run.output
+    assert seconds <= CONNECT_DEADLINE_SECONDS + TIMER_SLACK_SECONDS
 
 
 def test_destroy_after_outage_cleans_host(unreachable_destroy):
     run = unreachable_destroy["recovered"]
+    status, _ = run.facts["socket_labels"]
 
     assert run.result.returncode == 0, run.output
     assert run.resource_types == []
     assert run.host.leftovers == []
     assert run.host.docker_active == "active"
+    assert status == 0, "docker does not answer on its Unix socket"
+
+
+def test_powered_off_destroy_keeps_state(powered_off_destroy_run):
+    assert "DockerDaemonConfig" in powered_off_destroy_run.resource_types
+
+
+def test_state_delete_lets_destroy_finish(powered_off_destroy_run):
+    facts = powered_off_destroy_run.facts
+    final = facts["final_destroy"]
+
+    assert facts["urn_listed"], "pulumi stack --show-urns does not list the URN"
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert facts["types_after_final_destroy"] == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "after `pulumi state delete` of the DockerDaemonConfig, as the destroy "
+        "message advises for a machine gone for good, the final destroy leaves "
+        "DOCKER_CERT_PATH with ca.pem, cert.pem and the client key key.pem on "
+        "this machine, although the README says destroy removes it"
+    ),
+)
+def test_state_delete_removes_cert_dir(powered_off_destroy_run):
+    assert powered_off_destroy_run.facts["cert_dir_left"] is False

@@ -231,7 +231,7 @@ def test_changed_host_key_rejected_then_accepted(shared_vm, stack):
     message = refused.stdout + refused.stderr
     assert refused.returncode != 0
     assert f"host key of {shared_vm.address}:{shared_vm.ssh_port} changed" in message, message
-    assert "hostKey" in message, "the message says how to accept the key"
+    assert "sshHostKey" in message, "the message says how to accept the key"
 
     new_key = " ".join(new_key.split()[:2])
     stack.write_config(

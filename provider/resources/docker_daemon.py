@@ -31,6 +31,7 @@ from provider.configure import (
     observe_host,
     unconfigure_host,
 )
+from provider.errors import SSHConnectError
 from provider.remote_scripts import describe_drift
 from provider.resources.base import (
     changed_keys,
@@ -200,7 +201,17 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     @short_errors
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        run_async(unconfigure_host(_request(props)))
+        try:
+            run_async(unconfigure_host(_request(props)))
+        except SSHConnectError as error:
+            error.add_note(
+                f"The TLS settings are still on {props['address']} and the "
+                f"resource stays in the stack. Run the command again once the host "
+                f"is back; if the machine is gone for good, drop the resource "
+                f"with `pulumi state delete URN` (the URN is in `pulumi stack "
+                f"--show-urns`)."
+            )
+            raise
         certdir.remove_cert_dir(props.get("cert_path"))
 
     @staticmethod

@@ -129,7 +129,7 @@ class HostProvider(ResourceProvider):
             f"{target.label} runs {os_name}; host key {host_key_fingerprint(host_key)}"
         )
 
-        host_id = f"generic:{props['address']}:{props['ssh_port']}"
+        host_id = f"generic:{props['address']}:{int(props['ssh_port'])}"
         return CreateResult(host_id, _outputs(props, host_key, os_name))
 
     @short_errors

@@ -58,7 +58,7 @@ fi
 echo "docker=$(systemctl is-active docker.service)"
 """
 
-# Puts the image's Docker set-up back: no daemon.json, no TLS files, no
+# Put the image's Docker set-up back: no daemon.json, no TLS files, no
 # staging directories, Docker active. Restarts Docker only when it removed a
 # file that dockerd reads, or when Docker is not running.
 _RESET_SCRIPT = f"""\
@@ -99,7 +99,7 @@ class FaultRun:
     seconds: float
     resource_types: list[str]
     export_text: str
-    host: HostSnapshot
+    host: HostSnapshot | None  # None when the host could not be read
     address: str
     ssh_port: int
     private_keys: list[str] = dataclasses.field(repr=False)
@@ -125,7 +125,10 @@ def machine_entry(vm: TestVM, **settings: object) -> dict[str, object]:
 
 
 def write_unknown_key(directory: Path) -> Path:
-    """Write a new ed25519 private key that no test VM authorizes; return its path."""
+    """Write a new ed25519 private key that no test VM authorizes.
+
+    Returns the path of the key file (mode 0600).
+    """
     key = Ed25519PrivateKey.generate()
     path = directory / "id_ed25519_unknown"
     path.write_bytes(
@@ -172,14 +175,17 @@ def snapshot_host(vm: TestVM) -> HostSnapshot:
 
 
 def reset_host(vm: TestVM) -> None:
-    """Put Docker on ``vm`` back to the image's set-up; raise unless it runs."""
+    """Put Docker on ``vm`` back to the image's set-up, and raise unless it runs."""
     status, stdout, stderr = vm.run(_RESET_SCRIPT, timeout=180.0)
     if status != 0 or stdout.strip().splitlines()[-1:] != ["active"]:
         raise RuntimeError(f"resetting Docker on {vm.address} failed: {stderr}")
 
 
 def run_as_root(vm: TestVM, command: str, *, timeout: float = 120.0) -> str:
-    """Run ``command`` on ``vm`` as root; return stdout, raise on failure."""
+    """Run ``command`` on ``vm`` as root and return its stdout.
+
+    Raises ``RuntimeError`` when the command exits with a non-zero status.
+    """
     status, stdout, stderr = vm.run(command, timeout=timeout)
     if status != 0:
         raise RuntimeError(f"{command!r} on {vm.address} exited {status}: {stderr}")
@@ -208,12 +214,14 @@ def run_and_record(
     private_keys: list[str],
     *,
     around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    read_host: bool = True,
     **facts: object,
 ) -> FaultRun:
     """Run ``operation`` (a stack command) inside ``around``, then record.
 
     The state and the host are read after ``around`` has exited, so a fault
-    that makes the host unreachable can be lifted there first.
+    that makes the host unreachable can be lifted there first. With
+    ``read_host`` false (a VM that is off), the host is not read.
     """
     with around():
         started = time.monotonic()
@@ -225,7 +233,7 @@ def run_and_record(
         seconds=seconds,
         resource_types=short_types(stack),
         export_text=export_text,
-        host=snapshot_host(vm),
+        host=snapshot_host(vm) if read_host else None,
         address=vm.address,
         ssh_port=vm.ssh_port,
         private_keys=private_keys,
@@ -276,11 +284,11 @@ def _qmp_command(vm: TestVM, command: str, timeout: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def paused(vm: TestVM) -> Iterator[None]:
-    """Freeze ``vm``'s CPUs for the block: TCP connects, SSH never answers.
+    """Freeze ``vm``'s CPUs for the block, so that SSH sends no banner.
 
     QEMU's user-mode network still accepts connections on the forwarded ports
     while the guest is frozen, so a client sees a host that accepts TCP and
-    then says nothing, as behind a firewall that drops packets.
+    then sends nothing, as behind a firewall that drops packets.
     """
     _qmp_command(vm, "stop")
     try:
@@ -297,3 +305,38 @@ def guest_clock_behind(vm: TestVM, seconds: int) -> Iterator[None]:
         yield
     finally:
         run_as_root(vm, f"date -s @{int(time.time())} >/dev/null")
+
+
+def socket_labels(vm: TestVM) -> tuple[int, str]:
+    """Return the exit status and the labels of ``docker info`` on the Unix socket.
+
+    The docker client inside the VM connects to ``/var/run/docker.sock``, so
+    this also checks the socket that ``docker.socket`` passes to dockerd.
+    """
+    status, stdout, _ = vm.run("docker info --format '{{json .Labels}}'", timeout=60.0)
+    return status, stdout.strip()
+
+
+@contextlib.contextmanager
+def port_held(vm: TestVM, port: int) -> Iterator[None]:
+    """Keep ``port`` busy on all of ``vm``'s addresses with a second sshd."""
+    unit = f"pdm-faults-port-{port}"
+    run_as_root(
+        vm,
+        f"systemd-run --unit={unit} /usr/sbin/sshd -D -p {port}\n"
+        f"for attempt in $(seq 1 40); do\n"
+        f"    ss -ltnH 'sport = :{port}' | grep -q . && exit 0\n"
+        f"    sleep 0.5\n"
+        f"done\n"
+        f"echo 'sshd did not listen on port {port} within 20 s' >&2\n"
+        f"exit 1\n",
+    )
+    try:
+        yield
+    finally:
+        run_as_root(vm, f"systemctl stop {unit}")
+
+
+def power_off(vm: TestVM) -> None:
+    """Power ``vm`` off, so that its forwarded ports refuse connections."""
+    qemu.stop(vm.machine_dir)

@@ -50,12 +50,19 @@ class PulumiStack:
             "PULUMI_DOCKER_MACHINE_HOME": str(self.machines_home),
         }
         self.run("stack", "init", self.name, stack_flag=False)
+        # stack init writes the passphrase's salt into Pulumi.<stack>.yaml in
+        # the project directory: move it into this stack's own config file.
+        created = PROJECT_DIR / f"Pulumi.{self.name}.yaml"
+        self.base_config = yaml.safe_load(created.read_text()) if created.exists() else {}
+        created.unlink(missing_ok=True)
+        self.config_file.write_text(yaml.safe_dump(self.base_config or {}))
 
     def write_config(self, machines: list[dict[str, Any]], **extra: Any) -> None:
         """Write the stack configuration file with ``machines`` and extras."""
         config = {f"{PROJECT_NAME}:machines": machines}
         config.update({f"{PROJECT_NAME}:{key}": value for key, value in extra.items()})
-        self.config_file.write_text(yaml.safe_dump({"config": config}))
+        document = {**(self.base_config or {}), "config": config}
+        self.config_file.write_text(yaml.safe_dump(document))
 
     def run(
         self,
