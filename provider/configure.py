@@ -209,8 +209,8 @@ async def configure_host(
     """Place the certificates and configuration, restart Docker, check mTLS.
 
     With ``undo_on_failure`` (a first configure), a failure removes what was
-    placed and restarts Docker on its Unix socket before the error is raised;
-    a failure of that cleanup is added to the error.
+    placed and restarts Docker on its Unix socket before the error is raised.
+    A failure of that cleanup is added to the error as a note.
     """
     report(f"{request.machine_name}: connecting to {request.target().label}")
     async with open_session(request.target()) as session:

@@ -2,7 +2,7 @@
 
 Every error the providers raise derives from :class:`DockerMachineError`, and a
 subclass also derives from the builtin it refines, so callers may catch either.
-Messages say what failed, on which value, and what to do next.
+Messages name what failed, on which value, and what to do next.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class HostNotSupportedError(DockerMachineError):
 
 
 class DaemonUnreachableError(DockerMachineError, ConnectionError):
-    """The Docker daemon did not answer on its TCP port (a network fault)."""
+    """The Docker daemon did not respond on its TCP port (a network fault)."""
 
 
 class TLSVerificationError(DockerMachineError):

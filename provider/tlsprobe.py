@@ -1,7 +1,7 @@
 """Checks of the daemon's mutual-TLS listener from the machine running Pulumi.
 
-A network fault (nothing answers, connection refused, timeout) is reported as
-:class:`DaemonUnreachableError`, never as a certificate problem; a certificate
+A network fault (no listener, connection refused, timeout) is reported as
+:class:`DaemonUnreachableError`, never as a certificate problem. A certificate
 problem is reported as :class:`TLSVerificationError` with which side rejected
 which certificate.
 """
@@ -104,7 +104,7 @@ def _classify(error: BaseException, address: str, port: int) -> Exception:
         )
     if isinstance(error, (TimeoutError, socket.timeout)):
         return DaemonUnreachableError(
-            f"network error: no answer from {url} within "
+            f"network error: {url} timed out after "
             f"{REQUEST_TIMEOUT_SECONDS:.0f} s; check that port {port} is open "
             f"between this machine and the host"
         )
@@ -157,10 +157,10 @@ def wait_for_daemon(
     attempts: int = WAIT_ATTEMPTS,
     deadline_seconds: float = WAIT_DEADLINE_SECONDS,
 ) -> dict:
-    """Poll ``/version`` over mTLS until the daemon answers; bounded retries.
+    """Poll ``/version`` over mTLS until the daemon responds, within bounds.
 
-    Only network faults are retried: a certificate error will not heal by
-    waiting.
+    Only network faults are retried, because waiting does not fix a
+    certificate error.
     """
     url = docker_host_url(address, port)
     deadline = time.monotonic() + deadline_seconds

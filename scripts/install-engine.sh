@@ -3,7 +3,7 @@
 # shims beside them) from the Go module proxy into a cache directory outside
 # the clone, keyed by version. A second run finds the cache and returns at once.
 #
-# Prints the directory that holds the binaries on its last line of stdout.
+# Prints the directory that contains the binaries on its last line of stdout.
 #
 # Environment:
 #   PDM_CACHE_DIR  cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/pulumi-docker-machine)

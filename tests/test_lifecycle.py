@@ -20,6 +20,7 @@ from cryptography import x509
 from provider import daemon_config, tlsprobe
 from provider.errors import DaemonUnreachableError
 from tests.harness.netguard import check_dialable
+from tests.harness.pulumi_cli import machine_config
 
 pytestmark = pytest.mark.vm
 
@@ -38,15 +39,7 @@ def stack(shared_vm, stack_factory):
 
 def machine_entry(vm, **settings):
     """Return the stack configuration entry of a machine on ``vm``."""
-    entry = {
-        "name": "lifecycle",
-        "address": check_dialable(vm.address),
-        "sshPort": vm.ssh_port,
-        "sshUser": vm.user,
-        "sshPrivateKeyFile": str(vm.private_key_path),
-    }
-    entry.update(settings)
-    return entry
+    return machine_config(vm, "lifecycle", **settings)
 
 
 def machine_outputs(stack, name="lifecycle"):
@@ -226,10 +219,10 @@ def test_changed_host_key_rejected_then_accepted(shared_vm, stack):
     shared_vm.forget_host_key()
     _, new_key, _ = shared_vm.run("cat /etc/ssh/ssh_host_ed25519_key.pub")
 
-    refused = stack.refresh(check=False)
+    rejected = stack.refresh(check=False)
 
-    message = refused.stdout + refused.stderr
-    assert refused.returncode != 0
+    message = rejected.stdout + rejected.stderr
+    assert rejected.returncode != 0
     assert f"host key of {shared_vm.address}:{shared_vm.ssh_port} changed" in message, message
     assert "sshHostKey" in message, "the message says how to accept the key"
 

@@ -122,8 +122,8 @@ class HostProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         pinned = props.get("pinned_host_key")
         target = _target(props, pinned)
-        how = "checking the pinned host key" if pinned else "recording its host key"
-        report(f"logging in to {target.label}, {how}")
+        key_step = "checking the pinned host key" if pinned else "recording its host key"
+        report(f"logging in to {target.label}, {key_step}")
         host_key, os_name = run_async(_log_in(target))
         report(
             f"{target.label} runs {os_name}; host key {host_key_fingerprint(host_key)}"

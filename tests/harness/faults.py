@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provider import daemon_config, qemu, remote_scripts
-from tests.harness.netguard import check_dialable
-from tests.harness.pulumi_cli import PulumiStack
+from tests.harness.pulumi_cli import PulumiStack, machine_config
 from tests.harness.vm import TestVM
 
 MACHINE_NAME = "faults"
@@ -113,15 +112,7 @@ class FaultRun:
 
 def machine_entry(vm: TestVM, **settings: object) -> dict[str, object]:
     """Return a stack configuration entry for a machine on ``vm``."""
-    entry: dict[str, object] = {
-        "name": MACHINE_NAME,
-        "address": check_dialable(vm.address),
-        "sshPort": vm.ssh_port,
-        "sshUser": vm.user,
-        "sshPrivateKeyFile": str(vm.private_key_path),
-    }
-    entry.update(settings)
-    return entry
+    return machine_config(vm, MACHINE_NAME, **settings)
 
 
 def write_unknown_key(directory: Path) -> Path:

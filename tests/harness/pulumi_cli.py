@@ -17,10 +17,25 @@ from typing import Any
 
 import yaml
 
+from tests.harness.netguard import check_dialable
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PROJECT_NAME = "pulumi-docker-machine"
 PASSPHRASE = "test passphrase, not a secret"
 DEFAULT_TIMEOUT_SECONDS = 600
+
+
+def machine_config(vm: Any, name: str, **settings: Any) -> dict[str, Any]:
+    """Return a ``machines`` entry for a machine on the test VM ``vm``."""
+    entry = {
+        "name": name,
+        "address": check_dialable(vm.address),
+        "sshPort": vm.ssh_port,
+        "sshUser": vm.user,
+        "sshPrivateKeyFile": str(vm.private_key_path),
+    }
+    entry.update(settings)
+    return entry
 
 
 class PulumiCommandError(AssertionError):
