@@ -15,6 +15,7 @@ from typing import Any
 import pulumi
 
 from provider import certdir, checks
+from provider.drivers import DRIVER_MODULES
 from provider.errors import InvalidInputError
 from provider.resources import CertAuthority, DockerDaemonConfig, Host
 
@@ -29,6 +30,8 @@ MACHINE_KEYS = {
     "sshHostKey",
     "extraSans",
     "enginePort",
+    "state",
+    *DRIVER_MODULES,
 }
 CERT_AUTHORITY_KEYS = {"algorithm", "validityDays", "clientValidityDays", "commonName"}
 
@@ -42,10 +45,12 @@ class MachineSpec:
     address: Any
     ssh_port: Any
     ssh_user: Any
-    ssh_private_key: str = dataclasses.field(repr=False)
+    ssh_private_key: str | None = dataclasses.field(repr=False)
     ssh_host_key: Any
     extra_sans: Any
     engine_port: Any
+    state: Any = None
+    options: Any = None
 
 
 def _read_key_file(path_text: str, where: str) -> str:
@@ -61,7 +66,7 @@ def _read_key_file(path_text: str, where: str) -> str:
         ) from None
 
 
-def _private_key(entry: dict[str, Any], where: str) -> str:
+def _private_key(entry: dict[str, Any], where: str, driver: Any) -> str | None:
     inline = entry.get("sshPrivateKey")
     key_file = entry.get("sshPrivateKeyFile")
     if inline and key_file:
@@ -70,6 +75,9 @@ def _private_key(entry: dict[str, Any], where: str) -> str:
             key_file,
             "give either sshPrivateKey or sshPrivateKeyFile, not both",
         )
+    if not inline and not key_file and driver != "generic":
+        # Drivers that make the machine generate its key when none is given.
+        return None
     if not inline and not key_file:
         raise InvalidInputError(
             f"{where}.sshPrivateKey",
@@ -98,21 +106,32 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
             f"unknown setting; the settings of a machine are "
             f"{', '.join(sorted(MACHINE_KEYS))}",
         )
-    if "address" not in entry:
+    driver = entry.get("driver", "generic")
+    if driver == "generic" and "address" not in entry:
         raise InvalidInputError(
             f"{where}.address", None, "missing; give the IP address or DNS name of the host"
         )
+    for other in DRIVER_MODULES:
+        if other in entry and other != driver:
+            raise InvalidInputError(
+                f"{where}.{other}",
+                entry[other],
+                f"settings of the {other} driver on a machine whose driver is "
+                f"{driver!r}; set driver: {other}, or remove these settings",
+            )
     return MachineSpec(
         # The name becomes part of resource names, so it is checked here.
         name=checks.check_machine_name(entry.get("name"), f"{where}.name"),
-        driver=entry.get("driver", "generic"),
-        address=entry["address"],
+        driver=driver,
+        address=entry.get("address"),
         ssh_port=entry.get("sshPort", 22),
         ssh_user=entry.get("sshUser", "root"),
-        ssh_private_key=_private_key(entry, where),
+        ssh_private_key=_private_key(entry, where, driver),
         ssh_host_key=entry.get("sshHostKey"),
         extra_sans=entry.get("extraSans", []),
         engine_port=entry.get("enginePort", 2376),
+        state=entry.get("state"),
+        options=entry.get(driver),
     )
 
 
@@ -174,9 +193,16 @@ def declare_machine(
         address=machine.address,
         ssh_port=machine.ssh_port,
         ssh_user=machine.ssh_user,
-        ssh_private_key=pulumi.Output.secret(machine.ssh_private_key),
+        ssh_private_key=(
+            None
+            if machine.ssh_private_key is None
+            else pulumi.Output.secret(machine.ssh_private_key)
+        ),
         host_key=machine.ssh_host_key,
         driver=machine.driver,
+        machine_name=machine.name,
+        state=machine.state,
+        options=machine.options,
     )
     directory = certdir.cert_path(project, stack, machine.name)
     daemon = DockerDaemonConfig(
@@ -200,6 +226,7 @@ def declare_machine(
         "DOCKER_CERT_PATH": cert_path,
         "DOCKER_MACHINE_NAME": machine.name,
         "driver": machine.driver,
+        "state": host.state,
         "address": host.address,
         "sshPort": host.ssh_port,
         "sshUser": host.ssh_user,

@@ -32,6 +32,7 @@ from provider.configure import (
     unconfigure_host,
 )
 from provider.errors import SSHConnectError
+from provider.progress import report
 from provider.remote_scripts import describe_drift
 from provider.resources.base import (
     changed_keys,
@@ -53,6 +54,7 @@ ACCESS_INPUTS = (
     "client_key_pem",
     "cert_path",
     "server_validity_days",
+    "host_state",
 )
 # Another address or SSH port is another machine: configure the new one and
 # remove the listener from the old one.
@@ -195,12 +197,22 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     @short_errors
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        if props.get("host_state") == "stopped":
+            # A stopped machine keeps its settings on disk; nothing to read now.
+            return ReadResult(id_, props)
         observed = run_async(observe_host(_request(props)))
         drift = describe_drift(props.get("applied") or {}, observed)
         return ReadResult(id_, {**props, "observed": observed, "drift": drift})
 
     @short_errors
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if props.get("host_state") == "stopped":
+            report(
+                f"{props['machine_name']} is stopped: its TLS settings stay on its "
+                f"disk, which goes when its Host does"
+            )
+            certdir.remove_cert_dir(props.get("cert_path"))
+            return
         try:
             run_async(unconfigure_host(_request(props)))
         except SSHConnectError as error:
@@ -264,6 +276,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "ssh_user": host.ssh_user,
             "ssh_private_key": host.ssh_private_key,
             "host_key": host.host_key,
+            "host_state": host.state,
             "ca_cert_pem": cert_authority.ca_cert_pem,
             "ca_key_pem": cert_authority.ca_key_pem,
             "client_cert_pem": cert_authority.client_cert_pem,

@@ -1,9 +1,10 @@
-"""``Host``: a machine reachable over SSH, made by a driver.
+"""``Host``: a machine reachable over SSH, made or taken over by a driver.
 
-The ``generic`` driver takes an existing machine: create logs in once to
-check the address, the key and the host key, and records the host key it saw
-(or checks the one the user pinned). Later operations on the machine, by
-``DockerDaemonConfig``, trust only that key.
+The resource checks what every driver shares (SSH user and port, keys,
+``state``) and leaves the rest to the driver (see :mod:`provider.drivers`):
+``generic`` takes an existing machine, ``qemu`` runs a VM on this
+workstation, ``amazonec2`` an EC2 instance. Every driver gives the same
+outputs, so ``DockerDaemonConfig`` and the stack outputs do not depend on it.
 """
 
 from __future__ import annotations
@@ -22,142 +23,102 @@ from pulumi.dynamic import (
 )
 
 from provider import checks
+from provider.drivers import STATES, get_driver, unknown_options
 from provider.errors import InvalidInputError
-from provider.progress import report
-from provider.resources.base import changed_keys, run_async, run_checks, short_errors
-from provider.sshsession import SSHTarget, host_key_fingerprint, open_session
+from provider.resources.base import changed_keys, is_unknown, run_checks, short_errors
 
-DRIVERS = ("generic",)
 INPUTS = (
     "driver",
+    "machine_name",
     "address",
     "ssh_port",
     "ssh_user",
     "ssh_private_key",
     "pinned_host_key",
+    "state",
+    "options",
 )
-# A different address or port is a different machine.
-REPLACE_ON = ("driver", "address", "ssh_port")
 SECRET_OUTPUTS = ["ssh_private_key", "connection"]
 
 
 def _check_driver(value: Any) -> str:
-    if value not in DRIVERS:
-        raise InvalidInputError(
-            "driver", value, f"unknown driver; use one of: {', '.join(DRIVERS)}"
-        )
+    get_driver(value)
     return value
 
 
-def _os_name(os_release: str) -> str:
-    for line in os_release.splitlines():
-        key, _, value = line.partition("=")
-        if key == "PRETTY_NAME":
-            return value.strip().strip('"')
-    return "unknown"
-
-
-async def _log_in(target: SSHTarget) -> tuple[str, str]:
-    """Log in once; return the host key presented and the OS name."""
-    async with open_session(target) as session:
-        result = await session.run_script(
-            "cat /etc/os-release 2>/dev/null || true\n",
-            "reading /etc/os-release",
-            as_root=False,
-        )
-        return session.host_key, _os_name(result.stdout)
-
-
-def _target(props: dict[str, Any], host_key: str | None) -> SSHTarget:
-    return SSHTarget(
-        host=props["address"],
-        port=int(props["ssh_port"]),
-        user=props["ssh_user"],
-        private_key=props["ssh_private_key"],
-        host_key=host_key,
-    )
-
-
-def _outputs(props: dict[str, Any], host_key: str, os_name: str) -> dict[str, Any]:
-    outputs = {key: props.get(key) for key in INPUTS}
-    outputs.update(
-        host_key=host_key,
-        host_key_fingerprint=host_key_fingerprint(host_key),
-        os=os_name,
-        # The fields of pulumi_command.remote.ConnectionArgs, so a user can run
-        # their own remote commands on this machine.
-        connection={
-            "host": props["address"],
-            "port": int(props["ssh_port"]),
-            "user": props["ssh_user"],
-            "privateKey": props["ssh_private_key"],
-        },
-    )
-    return outputs
+def _check_state(value: Any) -> str:
+    if value not in STATES:
+        raise InvalidInputError("state", value, f"use one of: {', '.join(STATES)}")
+    return value
 
 
 class HostProvider(ResourceProvider):
-    """Takes over an existing machine (driver ``generic``)."""
+    """Dispatches each operation to the driver the Host names."""
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         inputs, failures = run_checks(
             news,
             [
                 ("driver", _check_driver),
+                ("machine_name", checks.check_machine_name),
                 ("address", checks.check_address),
                 ("ssh_port", lambda v: checks.check_port(v, "ssh_port")),
                 ("ssh_user", checks.check_ssh_user),
                 ("ssh_private_key", checks.check_private_key),
                 ("pinned_host_key", lambda v: checks.check_host_key(v, "host_key")),
+                ("state", _check_state),
             ],
         )
-        return CheckResult(inputs, failures)
+        if failures or is_unknown(inputs.get("driver")):
+            return CheckResult(inputs, failures)
+        driver = get_driver(inputs["driver"])
+        options = inputs.get("options")
+        option_failures = unknown_options(driver, options)
+        if not option_failures and not is_unknown(options):
+            option_failures = driver.check(inputs)
+        return CheckResult(inputs, failures + option_failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changes = changed_keys(olds, news, INPUTS)
-        replaces = [key for key in changes if key in REPLACE_ON]
-        return DiffResult(changes=bool(changes), replaces=replaces)
+        if olds.get("driver") != news.get("driver"):
+            return DiffResult(changes=True, replaces=["driver"])
+        replaces = get_driver(news["driver"]).replaces(olds, news)
+        return DiffResult(
+            changes=bool(changes),
+            replaces=replaces,
+            delete_before_replace=bool(replaces) and news["driver"] != "generic",
+        )
 
     @short_errors
     def create(self, props: dict[str, Any]) -> CreateResult:
-        pinned = props.get("pinned_host_key")
-        target = _target(props, pinned)
-        key_step = "checking the pinned host key" if pinned else "recording its host key"
-        report(f"logging in to {target.label}, {key_step}")
-        host_key, os_name = run_async(_log_in(target))
-        report(
-            f"{target.label} runs {os_name}; host key {host_key_fingerprint(host_key)}"
-        )
-
-        host_id = f"generic:{props['address']}:{int(props['ssh_port'])}"
-        return CreateResult(host_id, _outputs(props, host_key, os_name))
+        id_, outputs = get_driver(props["driver"]).create(props)
+        return CreateResult(id_, outputs)
 
     @short_errors
     def update(
-        self, _id: str, olds: dict[str, Any], news: dict[str, Any]
+        self, id_: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> UpdateResult:
-        # A newly pinned key is how a user accepts a changed host key on purpose.
-        trusted = news.get("pinned_host_key") or olds.get("host_key")
-        target = _target(news, trusted)
-        report(f"logging in to {target.label} with the new settings")
-        host_key, os_name = run_async(_log_in(target))
-        return UpdateResult(_outputs(news, host_key, os_name))
+        return UpdateResult(get_driver(news["driver"]).update(id_, olds, news))
 
+    @short_errors
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        # NOTE: a generic host belongs to its owner, so refresh opens no SSH
-        # connection here; DockerDaemonConfig's refresh checks the host key.
-        return ReadResult(id_, props)
+        outputs = get_driver(props["driver"]).read(id_, props)
+        if outputs is None:
+            # The machine is gone: an empty result drops it from the state.
+            return ReadResult("", {})
+        return ReadResult(id_, outputs)
 
-    def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        # The machine was there before Pulumi and stays after it.
-        return None
+    @short_errors
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        get_driver(props["driver"]).delete(id_, props)
 
 
 class Host(Resource, module="docker-machine", name="Host"):
     """A machine reachable over SSH.
 
-    ``connection`` (secret) has the fields ``pulumi_command.remote.Command``
-    takes in its ``connection`` argument.
+    ``options`` holds the driver's own settings. ``connection`` (secret) has
+    the fields ``pulumi_command.remote.Command`` takes in its ``connection``
+    argument. ``state`` is ``running`` or ``stopped``.
     """
 
     address: pulumi.Output[str]
@@ -167,29 +128,40 @@ class Host(Resource, module="docker-machine", name="Host"):
     host_key: pulumi.Output[str]
     host_key_fingerprint: pulumi.Output[str]
     os: pulumi.Output[str]
+    state: pulumi.Output[str]
+    details: pulumi.Output[dict]
     connection: pulumi.Output[dict]
 
     def __init__(
         self,
         resource_name: str,
-        address: pulumi.Input[str],
-        ssh_private_key: pulumi.Input[str],
+        address: pulumi.Input[str] | None = None,
+        ssh_private_key: pulumi.Input[str] | None = None,
         ssh_port: pulumi.Input[int] = 22,
         ssh_user: pulumi.Input[str] = "root",
         host_key: pulumi.Input[str] | None = None,
         driver: str = "generic",
+        machine_name: pulumi.Input[str] | None = None,
+        state: pulumi.Input[str] | None = None,
+        options: pulumi.Input[dict] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
             "driver": driver,
+            "machine_name": machine_name or resource_name,
             "address": address,
             "ssh_port": ssh_port,
             "ssh_user": ssh_user,
-            "ssh_private_key": pulumi.Output.secret(ssh_private_key),
+            "ssh_private_key": (
+                None if ssh_private_key is None else pulumi.Output.secret(ssh_private_key)
+            ),
             "pinned_host_key": host_key,
+            "state": state,
+            "options": options or {},
             "host_key": None,
             "host_key_fingerprint": None,
             "os": None,
+            "details": None,
             "connection": None,
         }
         secrets = pulumi.ResourceOptions(additional_secret_outputs=SECRET_OUTPUTS)

@@ -1,0 +1,92 @@
+"""Drivers of ``Host``: how a machine comes to exist and how it is reached.
+
+Each driver is a :class:`Driver` subclass in a module of this package. The
+``Host`` resource checks the inputs every driver shares (SSH user, port,
+keys, ``state``) and hands the rest to the driver named by ``driver``. A
+driver's own settings arrive in the ``options`` mapping, with the names a
+user writes in the stack configuration (``memory``, ``instanceType`` ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pulumi.dynamic import CheckFailure
+
+from provider.errors import InvalidInputError
+
+DRIVER_MODULES = {
+    "generic": "provider.drivers.generic",
+}
+STATES = ("running", "stopped")
+
+
+class Driver:
+    """What ``Host`` asks of a driver; the defaults suit a machine it does not own."""
+
+    name = ""
+    # Settings accepted in ``options``; anything else is rejected by check.
+    options: frozenset[str] = frozenset()
+    # Host inputs whose change makes another machine.
+    replace_on: tuple[str, ...] = ("driver",)
+    # Entries of ``options`` whose change makes another machine.
+    replace_on_options: tuple[str, ...] = ()
+
+    def check(self, inputs: dict[str, Any]) -> list[CheckFailure]:
+        """Check the driver's own settings; ``inputs`` passed the shared checks."""
+        return []
+
+    def replaces(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
+        """Name the inputs whose change replaces the machine."""
+        replaces = [key for key in self.replace_on if olds.get(key) != news.get(key)]
+        old_options = olds.get("options") or {}
+        new_options = news.get("options") or {}
+        if any(old_options.get(k) != new_options.get(k) for k in self.replace_on_options):
+            replaces.append("options")
+        return replaces
+
+    def create(self, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Make (or take over) the machine; return its id and the outputs."""
+        raise NotImplementedError
+
+    def update(
+        self, id_: str, olds: dict[str, Any], news: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Apply in-place changes; return the new outputs."""
+        raise NotImplementedError
+
+    def read(self, id_: str, props: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the outputs as the machine is now, or None if it is gone."""
+        return props
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Remove what the driver made."""
+
+
+def unknown_options(driver: Driver, options: Any) -> list[CheckFailure]:
+    """Reject an ``options`` value that is no mapping or holds unknown names."""
+    if options is None:
+        return []
+    if not isinstance(options, dict):
+        message = str(InvalidInputError(
+            driver.name, options, "must be a mapping of driver settings"
+        ))
+        return [CheckFailure("options", message)]
+    failures = []
+    for key in sorted(set(options) - driver.options):
+        known = ", ".join(sorted(driver.options)) or "none"
+        reason = f"unknown setting of the {driver.name} driver; its settings are: {known}"
+        message = str(InvalidInputError(f"{driver.name}.{key}", options[key], reason))
+        failures.append(CheckFailure("options", message))
+    return failures
+
+
+def get_driver(name: Any) -> Driver:
+    """Return the driver called ``name``, or raise InvalidInputError."""
+    if name not in DRIVER_MODULES:
+        raise InvalidInputError(
+            "driver", name, f"unknown driver; use one of: {', '.join(DRIVER_MODULES)}"
+        )
+    module = importlib.import_module(DRIVER_MODULES[name])
+    return module.DRIVER

@@ -1,0 +1,96 @@
+"""Steps every driver shares: the first login and the shape of the outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from provider.progress import report
+from provider.resources.base import run_async
+from provider.sshsession import SSHTarget, host_key_fingerprint, open_session
+
+
+def _os_name(os_release: str) -> str:
+    for line in os_release.splitlines():
+        key, _, value = line.partition("=")
+        if key == "PRETTY_NAME":
+            return value.strip().strip('"')
+    return "unknown"
+
+
+async def _log_in(target: SSHTarget) -> tuple[str, str]:
+    async with open_session(target) as session:
+        result = await session.run_script(
+            "cat /etc/os-release 2>/dev/null || true\n",
+            "reading /etc/os-release",
+            as_root=False,
+        )
+        return session.host_key, _os_name(result.stdout)
+
+
+def log_in(
+    address: str, port: int, user: str, private_key: str, host_key: str | None
+) -> tuple[str, str]:
+    """Log in once; return the host key the server presented and the OS name.
+
+    With ``host_key`` given, any other key presented is refused; without it,
+    the key presented is returned for the caller to record.
+    """
+    target = SSHTarget(
+        host=address, port=port, user=user, private_key=private_key, host_key=host_key
+    )
+    step = "checking its host key" if host_key else "recording its host key"
+    report(f"logging in to {target.label}, {step}")
+    presented, os_name = run_async(_log_in(target))
+    report(f"{target.label} runs {os_name}; host key {host_key_fingerprint(presented)}")
+    return presented, os_name
+
+
+def generate_ssh_key(comment: str) -> tuple[str, str]:
+    """Return a new ed25519 key pair: OpenSSH private key text and public key line."""
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode()
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+    return private, f"{public} {comment}"
+
+
+def host_outputs(
+    props: dict[str, Any],
+    *,
+    address: str,
+    ssh_port: int,
+    ssh_private_key: str,
+    host_key: str,
+    os_name: str,
+    state: str = "running",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the outputs of a Host, the same keys for every driver."""
+    outputs = dict(props)
+    outputs.update(
+        address=address,
+        ssh_port=ssh_port,
+        ssh_private_key=ssh_private_key,
+        host_key=host_key,
+        host_key_fingerprint=host_key_fingerprint(host_key),
+        os=os_name,
+        state=state,
+        details=details or {},
+        # The fields of pulumi_command.remote.ConnectionArgs, so a user can run
+        # their own remote commands on this machine.
+        connection={
+            "host": address,
+            "port": ssh_port,
+            "user": props["ssh_user"],
+            "privateKey": ssh_private_key,
+        },
+    )
+    return outputs
