@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ _CREATED_NAMES = (DISK_NAME, PIDFILE_NAME, CONSOLE_NAME, QMP_NAME)
 _MAX_KERNEL_COMMAND_LINE = 2047
 # sun_path has room for 108 bytes including the terminating NUL.
 _MAX_UNIX_SOCKET_PATH = 107
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
 
 
@@ -355,7 +357,10 @@ def console_tail(machine_dir: Path, lines: int = 30) -> str:
         text = (Path(machine_dir) / CONSOLE_NAME).read_text(errors="replace")
     except FileNotFoundError:
         return "(no console log)"
-    return "\n".join(text.splitlines()[-lines:])
+    # systemd draws its progress spinner with terminal escape sequences.
+    text = _TERMINAL_ESCAPE.sub("", text).replace("\r", "\n")
+    kept = [line for line in text.splitlines() if line.strip() not in ("", "M")]
+    return "\n".join(kept[-lines:])
 
 
 def _validated(config: VMConfig) -> VMConfig:

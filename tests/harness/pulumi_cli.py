@@ -22,7 +22,9 @@ from tests.harness.netguard import check_dialable
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PROJECT_NAME = "pulumi-docker-machine"
 PASSPHRASE = "test passphrase, not a secret"
-DEFAULT_TIMEOUT_SECONDS = 600
+# A pulumi command that boots a VM takes minutes under software emulation;
+# PDM_TEST_PULUMI_TIMEOUT raises the limit on a loaded machine.
+DEFAULT_TIMEOUT_SECONDS = float(os.environ.get("PDM_TEST_PULUMI_TIMEOUT", "900"))
 
 
 def machine_config(vm: Any, name: str, **settings: Any) -> dict[str, Any]:
