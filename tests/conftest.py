@@ -30,3 +30,6 @@ def stack_factory(tmp_path_factory):
 # The session-wide test VM (about 30 s to boot), shared by the tests that do
 # not need a fresh host.
 from tests.harness.vm import shared_vm  # noqa: E402,F401
+
+# moto's EC2 server on 127.0.0.1, shared by the amazonec2 tests.
+from tests.harness.moto_ec2 import moto_ec2  # noqa: E402,F401

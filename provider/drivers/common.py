@@ -20,8 +20,8 @@ def _os_name(os_release: str) -> str:
     return "unknown"
 
 
-async def _log_in(target: SSHTarget) -> tuple[str, str]:
-    async with open_session(target) as session:
+async def _log_in(target: SSHTarget, **connect_options: Any) -> tuple[str, str]:
+    async with open_session(target, **connect_options) as session:
         result = await session.run_script(
             "cat /etc/os-release 2>/dev/null || true\n",
             "reading /etc/os-release",
@@ -31,19 +31,30 @@ async def _log_in(target: SSHTarget) -> tuple[str, str]:
 
 
 def log_in(
-    address: str, port: int, user: str, private_key: str, host_key: str | None
+    address: str,
+    port: int,
+    user: str,
+    private_key: str,
+    host_key: str | None,
+    deadline_seconds: float | None = None,
 ) -> tuple[str, str]:
     """Log in once; return the host key the server presented and the OS name.
 
     With ``host_key`` given, any other key presented is refused; without it,
-    the key presented is returned for the caller to record.
+    the key presented is returned for the caller to record. ``deadline_seconds``
+    bounds the wait for SSH to answer (a machine still booting), in place of
+    the default of :func:`provider.sshsession.connect`.
     """
     target = SSHTarget(
         host=address, port=port, user=user, private_key=private_key, host_key=host_key
     )
     step = "checking its host key" if host_key else "recording its host key"
     report(f"logging in to {target.label}, {step}")
-    presented, os_name = run_async(_log_in(target))
+    options = {}
+    if deadline_seconds is not None:
+        # Enough attempts that the deadline, not the count, ends the wait.
+        options = {"deadline_seconds": deadline_seconds, "attempts": 1000}
+    presented, os_name = run_async(_log_in(target, **options))
     report(f"{target.label} runs {os_name}; host key {host_key_fingerprint(presented)}")
     return presented, os_name
 
