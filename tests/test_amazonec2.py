@@ -52,7 +52,7 @@ def host_props(moto, name="web", ssh_private_key=None, state=None, **options):
 def provisioned(props):
     """Provision a machine and return the outputs create would return."""
     details, private_key = DRIVER.provision(props)
-    # No SSH login: the key's own public half stands in for the host key.
+    # No SSH login happens, so the key's own public half serves as the host key.
     stand_in = asyncssh.import_private_key(private_key).export_public_key().decode()
     return host_outputs(
         props,

@@ -2,10 +2,10 @@
 
 Create checks what only the API can tell (the subnet, the key pair, the AMI,
 an Elastic IP given by id) before it makes anything. Then it imports or
-reuses a key pair, creates a security group open only to the listed
-networks, runs the instance (IMDSv2 required, encrypted root volume), gives
-it an Elastic IP, and logs in once over SSH to record the host key. When a
-step fails, everything made so far is removed again.
+reuses a key pair and creates a security group open only to the listed
+networks. It runs the instance (IMDSv2 required, encrypted root volume),
+gives it an Elastic IP, and logs in once over SSH to record the host key.
+When a step fails, everything made so far is removed again.
 
 ``details`` in the outputs records the ids and what this resource created;
 delete removes exactly that, never what the user brought.
@@ -126,7 +126,7 @@ class AmazonEC2Driver(Driver):
         ec2 = client(new)
         details = dict(olds["details"])
         state = olds.get("state") or "running"
-        wanted = news.get("state") or "running"
+        target_state = news.get("state") or "running"
 
         if old["instanceType"] != new["instanceType"]:
             state = _change_instance_type(ec2, id_, state, new["instanceType"])
@@ -140,12 +140,12 @@ class AmazonEC2Driver(Driver):
             _update_rules(ec2, details["security_group_created"], olds, news)
 
         address = olds["address"]
-        if state != wanted:
-            address = _set_state(ec2, id_, wanted, new, details) or address
+        if state != target_state:
+            address = _set_state(ec2, id_, target_state, new, details) or address
 
         private_key = news.get("ssh_private_key") or olds["ssh_private_key"]
         details["instance_type"] = new["instanceType"]
-        return _outputs(news, details, address, private_key, olds, wanted)
+        return _outputs(news, details, address, private_key, olds, target_state)
 
     def read(self, id_: str, props: dict[str, Any]) -> dict[str, Any] | None:
         settings = ec2s.resolve(props.get("options"))
@@ -200,7 +200,7 @@ def _input_changed(key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool
 
 
 class _Plan(dict):
-    """What create found before making anything: placement, AMI, key pair."""
+    """Facts create looks up before making anything: placement, AMI, Elastic IP."""
 
 
 def _plan(ec2: Any, settings: dict[str, Any], props: dict[str, Any]) -> _Plan:
@@ -577,10 +577,10 @@ def _start(ec2: Any, instance_id: str) -> dict[str, Any]:
 
 
 def _set_state(
-    ec2: Any, instance_id: str, wanted: str, settings: dict[str, Any], details: dict
+    ec2: Any, instance_id: str, target_state: str, settings: dict[str, Any], details: dict
 ) -> str | None:
     """Start or stop the instance; return its address after a start."""
-    if wanted == "stopped":
+    if target_state == "stopped":
         _stop(ec2, instance_id)
         return None
     instance = _start(ec2, instance_id)

@@ -1,9 +1,9 @@
 """Calls to the EC2 API for the ``amazonec2`` driver, one function per step.
 
-Clients are built per operation (the provider object is pickled into the
-state, so it keeps no client). botocore retries throttling and transient
-faults in its ``standard`` or ``adaptive`` mode; the waits here poll with a
-bound on attempts and on time, and print each attempt.
+Clients are built per operation, because the provider object is pickled
+into the state and must keep no client. botocore retries throttling and
+transient faults in its ``standard`` or ``adaptive`` mode. The waits here
+poll with a bound on attempts and on time, and print each attempt.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _session(settings: dict[str, Any]) -> boto3.session.Session:
 
     Making a session loads botocore's data files (seconds on a busy machine).
     The provider serves calls on several threads and a boto3 session is not
-    thread-safe, so sessions are made and used under a lock; the clients
+    thread-safe, so sessions are made and used under a lock. The clients
     they make are safe to use from any thread.
     """
     key = (settings["profile"], settings["region"])
@@ -159,12 +159,12 @@ def describe_instance(ec2: Any, instance_id: str) -> dict[str, Any] | None:
 def wait_for_state(
     ec2: Any,
     instance_id: str,
-    wanted: str,
+    expected: str,
     *,
     attempts: int = WAIT_ATTEMPTS,
     deadline_seconds: float = WAIT_SECONDS,
 ) -> dict[str, Any] | None:
-    """Poll until the instance is in state ``wanted``; return its description.
+    """Poll until the instance is in state ``expected``; return its description.
 
     A terminated instance that EC2 no longer lists counts as ``terminated``
     (and returns None). Raises EC2TimeoutError after ``attempts`` polls or
@@ -175,9 +175,9 @@ def wait_for_state(
     for attempt in range(1, attempts + 1):
         instance = describe_instance(ec2, instance_id)
         current = instance["State"]["Name"] if instance else "terminated"
-        if current == wanted:
+        if current == expected:
             return instance
-        if wanted == "running" and current in ("terminated", "shutting-down"):
+        if expected == "running" and current in ("terminated", "shutting-down"):
             raise EC2Error(
                 f"instance {instance_id} is {current} instead of running: see "
                 f"its state reason in the EC2 console or `aws ec2 describe-instances`"
@@ -186,20 +186,20 @@ def wait_for_state(
         if attempt == attempts or remaining <= 0:
             break
         report(
-            f"waiting for instance {instance_id} to be {wanted}, now {current} "
+            f"waiting for instance {instance_id} to be {expected}, now {current} "
             f"(attempt {attempt} of {attempts})"
         )
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 10.0)
     raise EC2TimeoutError(
-        f"instance {instance_id} was not {wanted} after {attempt} checks in "
+        f"instance {instance_id} was not {expected} after {attempt} checks in "
         f"{deadline_seconds:.0f} s; check it with `aws ec2 describe-instances "
         f"--instance-ids {instance_id}` and run the command again"
     )
 
 
 def delete_security_group(ec2: Any, group_id: str) -> None:
-    """Delete a security group, retrying while a terminating instance holds it."""
+    """Delete a security group, retrying while a terminating instance still uses it."""
     attempts = 10
     for attempt in range(1, attempts + 1):
         try:

@@ -1,4 +1,4 @@
-"""Where an EC2 instance goes: its VPC, subnet and availability zone."""
+"""Placement of a new EC2 instance: its VPC, subnet and availability zone."""
 
 from __future__ import annotations
 
