@@ -65,7 +65,7 @@ def test_preview_rejects_bad_settings(moto_ec2, stack_factory):
     assert moto_ec2.inventory() == before
 
 
-def test_preview_rejects_missing_cidrs(moto_ec2, stack_factory):
+def test_up_rejects_missing_cidrs(moto_ec2, stack_factory):
     stack = aws_stack(stack_factory)
     stack.write_config(
         [{"name": "open", "driver": "amazonec2", "amazonec2": {"region": REGION}}]
