@@ -2,8 +2,8 @@
 
 Runs the driver in this process against moto's server on 127.0.0.1 and prints,
 per operation, the API calls made and the wall-clock time. The create counted
-is ``provision`` (create without its SSH login), since no SSH host answers at
-moto's addresses.
+is ``provision`` (create without its SSH login), because no SSH server
+listens at the addresses moto gives.
 
     python scripts/ec2-api-calls.py
 """
