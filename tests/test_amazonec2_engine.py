@@ -22,9 +22,10 @@ pytestmark = pytest.mark.engine
 
 # Hand-picked addresses of the block loopback.take keeps for manual choice.
 VM_ADDRESSES = [f"127.100.0.{last}" for last in range(210, 220)]
-# A VM boots in one to two minutes on an idle machine; this bound leaves room
-# for a busy one.
+# A VM boots in one to two minutes on an idle machine; these bounds leave
+# room for a busy one.
 VM_SSH_TIMEOUT = 600.0
+VM_DOCKER_TIMEOUT = 600.0
 
 
 def aws_stack(stack_factory):
@@ -80,7 +81,12 @@ def test_up_rejects_missing_cidrs(moto_ec2, stack_factory):
 def boot_vm_at_manual_address() -> TestVM:
     """Boot a test VM on the first free address of VM_ADDRESSES."""
     for address in VM_ADDRESSES:
-        vm = TestVM(address=address, cpus=1, ssh_timeout=VM_SSH_TIMEOUT)
+        vm = TestVM(
+            address=address,
+            cpus=1,
+            ssh_timeout=VM_SSH_TIMEOUT,
+            docker_timeout=VM_DOCKER_TIMEOUT,
+        )
         try:
             vm.start()
         except loopback.AddressTakenError:
