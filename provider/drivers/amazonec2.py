@@ -40,7 +40,6 @@ from provider.errors import InvalidInputError
 from provider.progress import report
 from provider.resources.base import is_unknown
 
-RUNNING_STATES = ("pending", "running")
 STOPPED_STATES = ("stopping", "stopped")
 
 
