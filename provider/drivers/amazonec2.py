@@ -51,7 +51,9 @@ class AmazonEC2Driver(Driver):
     replace_on = ("driver",)
     replace_on_options = ec2s.REPLACE_ON
 
-    def check(self, inputs: dict[str, Any]) -> list[CheckFailure]:
+    def check(
+        self, inputs: dict[str, Any], olds: dict[str, Any] | None = None
+    ) -> list[CheckFailure]:
         options = inputs.get("options") or {}
         failures = [
             CheckFailure("options", str(error)) for error in ec2s.check_values(options)
