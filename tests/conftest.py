@@ -41,3 +41,6 @@ def _interrupt_on_sigterm(signum, frame):
 # `timeout` and CI runners stop a run with SIGTERM. As a KeyboardInterrupt it
 # lets pytest run the fixtures' teardown, which powers off the test VMs.
 signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+# moto's EC2 server on 127.0.0.1, shared by the amazonec2 tests.
+from tests.harness.moto_ec2 import moto_ec2  # noqa: E402,F401

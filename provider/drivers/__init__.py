@@ -18,6 +18,7 @@ from provider.errors import InvalidInputError
 
 DRIVER_MODULES = {
     "generic": "provider.drivers.generic",
+    "amazonec2": "provider.drivers.amazonec2",
     "qemu": "provider.drivers.qemu",
 }
 STATES = ("running", "stopped")
@@ -49,6 +50,12 @@ class Driver:
         if any(old_options.get(k) != new_options.get(k) for k in self.replace_on_options):
             replaces.append("options")
         return replaces
+
+    def changed_inputs(
+        self, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]
+    ) -> list[str]:
+        """Name the inputs among ``keys`` that differ; ``olds`` are the outputs."""
+        return [key for key in keys if olds.get(key) != news.get(key)]
 
     def create(self, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Make (or take over) the machine; return its id and the outputs."""

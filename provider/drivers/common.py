@@ -20,8 +20,10 @@ def _os_name(os_release: str) -> str:
     return "unknown"
 
 
-async def _log_in(target: SSHTarget, setup_script: str | None) -> tuple[str, str]:
-    async with open_session(target) as session:
+async def _log_in(
+    target: SSHTarget, setup_script: str | None, **connect_options: Any
+) -> tuple[str, str]:
+    async with open_session(target, **connect_options) as session:
         result = await session.run_script(
             "cat /etc/os-release 2>/dev/null || true\n",
             "reading /etc/os-release",
@@ -39,19 +41,26 @@ def log_in(
     private_key: str,
     host_key: str | None,
     setup_script: str | None = None,
+    deadline_seconds: float | None = None,
 ) -> tuple[str, str]:
     """Log in once; return the host key the server presented and the OS name.
 
     With ``host_key`` given, any other key presented is rejected. Without it,
     the key presented is returned for the caller to record. ``setup_script``
-    runs as root on the same connection.
+    runs as root on the same connection. ``deadline_seconds`` bounds the wait
+    for SSH to answer (a machine still booting), in place of the default of
+    :func:`provider.sshsession.connect`.
     """
     target = SSHTarget(
         host=address, port=port, user=user, private_key=private_key, host_key=host_key
     )
     step = "checking its host key" if host_key else "recording its host key"
     report(f"logging in to {target.label}, {step}")
-    presented, os_name = run_async(_log_in(target, setup_script))
+    options = {}
+    if deadline_seconds is not None:
+        # Enough attempts that the deadline, not the count, ends the wait.
+        options = {"deadline_seconds": deadline_seconds, "attempts": 1000}
+    presented, os_name = run_async(_log_in(target, setup_script, **options))
     report(f"{target.label} runs {os_name}; host key {host_key_fingerprint(presented)}")
     return presented, os_name
 

@@ -25,7 +25,7 @@ from pulumi.dynamic import (
 from provider import checks
 from provider.drivers import STATES, get_driver, unknown_options
 from provider.errors import InvalidInputError
-from provider.resources.base import changed_keys, is_unknown, run_checks, short_errors
+from provider.resources.base import is_unknown, run_checks, short_errors
 
 INPUTS = (
     "driver",
@@ -83,10 +83,11 @@ class HostProvider(ResourceProvider):
         # seen in; an unset state input means running.
         olds = {**olds, "state": olds.get("state") or "running"}
         news = {**news, "state": news.get("state") or "running"}
-        changes = changed_keys(olds, news, INPUTS)
         if olds.get("driver") != news.get("driver"):
             return DiffResult(changes=True, replaces=["driver"])
-        replaces = get_driver(news["driver"]).replaces(olds, news)
+        driver = get_driver(news["driver"])
+        changes = driver.changed_inputs(olds, news, INPUTS)
+        replaces = driver.replaces(olds, news)
         return DiffResult(
             changes=bool(changes),
             replaces=replaces,

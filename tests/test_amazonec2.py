@@ -1,0 +1,373 @@
+"""The ``amazonec2`` driver against moto's EC2 server, without the engine.
+
+The driver runs in this process and reaches moto on 127.0.0.1 through
+``endpointUrl``. Tests that need a created machine use ``provision``, which is
+create without its SSH login: no test here dials an instance address.
+"""
+
+from __future__ import annotations
+
+import asyncssh
+import pytest
+
+from provider import loopback
+from provider.drivers import amazonec2, ec2_settings
+from provider.drivers.common import host_outputs
+from provider.errors import DockerMachineError, InvalidInputError, SSHConnectError
+from tests.harness.moto_ec2 import AMI_PARAMETER, REGION
+from tests.harness.netguard import check_dialable
+
+DRIVER = amazonec2.DRIVER
+WORKSTATION = "203.0.113.7/32"
+
+
+@pytest.fixture
+def moto(moto_ec2):
+    """The session's moto server."""
+    return moto_ec2
+
+
+def host_props(moto, name="web", ssh_private_key=None, state=None, **options):
+    """Return Host inputs for a machine on moto, as check passes them on."""
+    settings = {
+        "endpointUrl": moto.endpoint_url,
+        "region": REGION,
+        "amiParameter": AMI_PARAMETER,
+        "allowedCidrs": [WORKSTATION],
+        **options,
+    }
+    return {
+        "driver": "amazonec2",
+        "machine_name": name,
+        "address": None,
+        "ssh_port": 22,
+        "ssh_user": "root",
+        "ssh_private_key": ssh_private_key,
+        "pinned_host_key": None,
+        "state": state,
+        "options": settings,
+    }
+
+
+def provisioned(props):
+    """Provision a machine and return the outputs create would return."""
+    details, private_key = DRIVER.provision(props)
+    # No SSH login happens, so the key's own public half serves as the host key.
+    stand_in = asyncssh.import_private_key(private_key).export_public_key().decode()
+    return host_outputs(
+        props,
+        address=details.pop("address"),
+        ssh_port=22,
+        ssh_private_key=private_key,
+        host_key=stand_in.strip(),
+        os_name="not logged in",
+        details=details,
+    )
+
+
+def describe(moto, instance_id):
+    """Return moto's description of one instance."""
+    reply = moto.client().describe_instances(InstanceIds=[instance_id])
+    return reply["Reservations"][0]["Instances"][0]
+
+
+def ingress(moto, group_id):
+    """Return the ingress rules of a group as (protocol, port, cidr) triples."""
+    group = moto.client().describe_security_groups(GroupIds=[group_id])
+    rules = set()
+    for permission in group["SecurityGroups"][0]["IpPermissions"]:
+        for ip_range in permission.get("IpRanges", []):
+            rules.add((permission["IpProtocol"], permission["FromPort"], ip_range["CidrIp"]))
+    return rules
+
+
+def messages(failures):
+    """Return the reasons of check failures, one string."""
+    return "\n".join(failure.reason for failure in failures)
+
+
+BAD_SETTINGS = [
+    ("region", {"region": "us-north-9"}, "amazonec2.region 'us-north-9'"),
+    ("cidr-host-bits", {"allowedCidrs": ["10.1.2.3/8"]}, "amazonec2.allowedCidrs '10.1.2.3/8'"),
+    ("cidr-garbage", {"allowedCidrs": ["my-office"]}, "amazonec2.allowedCidrs 'my-office'"),
+    ("instance-type", {"instanceType": "T3 micro"}, "amazonec2.instanceType 'T3 micro'"),
+    ("root-negative", {"rootSize": -8}, "amazonec2.rootSize -8"),
+    ("spot-price-alone", {"spotPrice": "0.02"}, "set only with spot: true"),
+    ("ami", {"ami": "ubuntu"}, "amazonec2.ami 'ubuntu'"),
+    ("subnet", {"subnetId": "sub-1"}, "amazonec2.subnetId 'sub-1'"),
+    ("port", {"extraPorts": [70000]}, "amazonec2.extraPorts 70000"),
+    ("volume-type", {"volumeType": "ssd"}, "amazonec2.volumeType 'ssd'"),
+    ("no-cidrs", {"allowedCidrs": []}, "amazonec2.allowedCidrs [] : missing"),
+    ("eip-conflict", {"elasticIp": False, "elasticIpAllocationId": "eipalloc-0123abcd"},
+     "given with elasticIp: false"),
+    ("key-without-private-key", {"keyPairName": "mine"}, "needs its private key"),
+]
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [case[1:] for case in BAD_SETTINGS],
+    ids=[case[0] for case in BAD_SETTINGS],
+)
+def test_check_rejects_bad_setting(options, expected):
+    settings = {"allowedCidrs": [WORKSTATION], **options}
+    failures = DRIVER.check({"options": settings, "ssh_private_key": None})
+    assert failures, f"{options} passed check"
+    assert expected.replace(" : ", ": ") in messages(failures)
+
+
+def test_check_reports_every_bad_setting():
+    options = {"region": "mars-1", "rootSize": -1, "spotPrice": "1", "allowedCidrs": []}
+    text = messages(DRIVER.check({"options": options}))
+    for name in ("region", "rootSize", "spotPrice", "allowedCidrs"):
+        assert f"amazonec2.{name}" in text
+
+
+def test_check_accepts_minimal_settings():
+    assert DRIVER.check({"options": {"allowedCidrs": [WORKSTATION]}}) == []
+
+
+def test_check_rejects_address():
+    failures = DRIVER.check({"options": {"allowedCidrs": [WORKSTATION]}, "address": "1.2.3.4"})
+    assert "takes the address from the instance" in messages(failures)
+
+
+def test_default_path_creates_hardened_instance(moto):
+    before = moto.inventory()
+    outputs = provisioned(host_props(moto))
+    details = outputs["details"]
+    instance = describe(moto, details["instance_id"])
+    ec2 = moto.client()
+
+    assert instance["State"]["Name"] == "running"
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["KeyName"] == details["key_pair_created"]
+    assert {"Key": "Name", "Value": "web"} in instance["Tags"]
+    volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    assert volume["Encrypted"] is True
+    assert volume["Size"] == 16
+    assert volume["VolumeType"] == "gp3"
+
+    assert details["generated_key"] is True
+    assert asyncssh.import_private_key(outputs["ssh_private_key"]).algorithm == b"ssh-ed25519"
+    assert details["key_pair_created"] in moto.inventory()["key_pairs"]
+
+    group = details["security_group_created"]
+    assert ingress(moto, group) == {("tcp", 22, WORKSTATION), ("tcp", 2376, WORKSTATION)}
+
+    address = ec2.describe_addresses(AllocationIds=[details["elastic_ip_created"]])
+    assert address["Addresses"][0]["InstanceId"] == details["instance_id"]
+    assert outputs["address"] == address["Addresses"][0]["PublicIp"]
+
+    DRIVER.delete(details["instance_id"], outputs)
+    assert moto.inventory() == before
+
+
+def test_failed_run_removes_key_and_group(moto):
+    before = moto.inventory()
+    props = host_props(moto, iamInstanceProfile="no-such-profile")
+    with pytest.raises(DockerMachineError, match="run the instance.*no-such-profile"):
+        DRIVER.provision(props)
+    assert moto.inventory() == before
+
+
+def test_ssh_timeout_removes_everything(moto):
+    # An Elastic IP at a leased loopback address where nothing listens on port 22.
+    lease = loopback.take("127.100.0.201", ports=(22,), holder="amazonec2 test")
+    try:
+        ec2 = moto.client()
+        allocation = ec2.allocate_address(Domain="vpc", Address=check_dialable(lease.address))
+        before = moto.inventory()
+        props = host_props(
+            moto, elasticIpAllocationId=allocation["AllocationId"], sshTimeout=2
+        )
+        with pytest.raises(SSHConnectError, match="127.100.0.201"):
+            DRIVER.create(props)
+        assert moto.inventory() == before
+        ec2.release_address(AllocationId=allocation["AllocationId"])
+    finally:
+        loopback.release(lease.address)
+
+
+@pytest.fixture
+def other_vpc_subnet(moto):
+    """A subnet of a VPC other than the default one."""
+    ec2 = moto.client()
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
+    yield subnet
+    ec2.delete_subnet(SubnetId=subnet)
+    ec2.delete_vpc(VpcId=vpc)
+
+
+def default_vpc(moto):
+    """Return the id of moto's default VPC."""
+    vpcs = moto.client().describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
+    return vpcs["Vpcs"][0]["VpcId"]
+
+
+def test_subnet_outside_vpc_rejected_at_create(moto, other_vpc_subnet):
+    before = moto.inventory()
+    props = host_props(moto, vpcId=default_vpc(moto), subnetId=other_vpc_subnet)
+    with pytest.raises(InvalidInputError, match=f"subnetId '{other_vpc_subnet}'.*belongs to"):
+        DRIVER.create(props)
+    assert moto.inventory() == before
+
+
+def test_unknown_key_pair_rejected_at_create(moto):
+    before = moto.inventory()
+    key = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    props = host_props(moto, ssh_private_key=key, keyPairName="no-such-key")
+    with pytest.raises(InvalidInputError, match="keyPairName 'no-such-key': no such key pair"):
+        DRIVER.create(props)
+    assert moto.inventory() == before
+
+
+def test_unknown_ami_rejected_at_create(moto):
+    before = moto.inventory()
+    props = host_props(moto, ami="ami-0123456789abcdef0")
+    with pytest.raises(InvalidInputError, match="no such AMI in us-east-1"):
+        DRIVER.create(props)
+    assert moto.inventory() == before
+
+
+REPLACE_CASES = [
+    ("ami", {"ami": "ami-0123456789abcdef0"}, ["options"]),
+    ("subnet", {"subnetId": "subnet-0123abcd"}, ["options"]),
+    ("region", {"region": "eu-west-1"}, ["options"]),
+    ("root-size", {"rootSize": 32}, ["options"]),
+    ("key-pair", {"keyPairName": "mine"}, ["options"]),
+    ("tags", {"tags": {"team": "web"}}, []),
+    ("instance-type", {"instanceType": "t3.large"}, []),
+    ("cidrs", {"allowedCidrs": ["198.51.100.0/24"]}, []),
+    ("extra-ports", {"extraPorts": [80]}, []),
+    ("default-made-explicit", {"region": "us-east-1", "rootSize": 16}, []),
+]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [case[1:] for case in REPLACE_CASES],
+    ids=[case[0] for case in REPLACE_CASES],
+)
+def test_update_or_replace(change, expected):
+    olds = {"options": {"allowedCidrs": [WORKSTATION]}}
+    news = {"options": {**olds["options"], **change}}
+    assert DRIVER.replaces(olds, news) == expected
+
+
+def test_diff_ignores_outputs_the_driver_sets(moto):
+    olds = {
+        **host_props(moto),
+        "address": "127.1.2.3",
+        "ssh_private_key": "generated",
+        "state": "running",
+        "details": {"generated_key": True},
+    }
+    news = host_props(moto)
+    assert DRIVER.changed_inputs(olds, news, tuple(news)) == []
+    news["state"] = "stopped"
+    assert DRIVER.changed_inputs(olds, news, tuple(news)) == ["state"]
+
+
+def test_update_in_place(moto):
+    props = host_props(moto, tags={"team": "web", "old": "x"})
+    olds = provisioned(props)
+    instance_id = olds["details"]["instance_id"]
+    news = host_props(
+        moto,
+        name="web-renamed",
+        tags={"team": "api"},
+        instanceType="t3.large",
+        allowedCidrs=["198.51.100.0/24"],
+        extraPorts=["8080/tcp"],
+    )
+    try:
+        outputs = DRIVER.update(instance_id, olds, news)
+        instance = describe(moto, instance_id)
+        tags = {tag["Key"]: tag["Value"] for tag in instance["Tags"]}
+        assert tags["Name"] == "web-renamed"
+        assert tags["team"] == "api"
+        assert "old" not in tags
+        assert instance["InstanceType"] == "t3.large"
+        assert instance["State"]["Name"] == "running"
+        assert outputs["state"] == "running"
+        assert outputs["address"] == olds["address"]
+        assert ingress(moto, olds["details"]["security_group_created"]) == {
+            ("tcp", 22, "198.51.100.0/24"),
+            ("tcp", 2376, "198.51.100.0/24"),
+            ("tcp", 8080, "198.51.100.0/24"),
+        }
+    finally:
+        DRIVER.delete(instance_id, olds)
+
+
+def test_state_changes_in_place(moto):
+    olds = provisioned(host_props(moto))
+    instance_id = olds["details"]["instance_id"]
+    try:
+        stopped = DRIVER.update(instance_id, olds, host_props(moto, state="stopped"))
+        assert stopped["state"] == "stopped"
+        assert describe(moto, instance_id)["State"]["Name"] == "stopped"
+
+        running = DRIVER.update(instance_id, stopped, host_props(moto, state="running"))
+        assert running["state"] == "running"
+        assert describe(moto, instance_id)["State"]["Name"] == "running"
+        assert running["address"] == olds["details"]["elastic_ip"]
+    finally:
+        DRIVER.delete(instance_id, olds)
+
+
+def test_read_after_stop_and_terminate(moto):
+    outputs = provisioned(host_props(moto))
+    instance_id = outputs["details"]["instance_id"]
+    ec2 = moto.client()
+    try:
+        assert DRIVER.read(instance_id, outputs)["state"] == "running"
+        ec2.stop_instances(InstanceIds=[instance_id])
+        assert DRIVER.read(instance_id, outputs)["state"] == "stopped"
+        ec2.modify_instance_attribute(InstanceId=instance_id, InstanceType={"Value": "m5.large"})
+        assert DRIVER.read(instance_id, outputs)["options"]["instanceType"] == "m5.large"
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        assert DRIVER.read(instance_id, outputs) is None
+    finally:
+        DRIVER.delete(instance_id, outputs)
+
+
+def test_delete_keeps_what_user_brought(moto):
+    ec2 = moto.client()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    ec2.import_key_pair(KeyName="user-key", PublicKeyMaterial=key.export_public_key())
+    vpc = default_vpc(moto)
+    group = ec2.create_security_group(GroupName="user-group", Description="u", VpcId=vpc)
+    allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    props = host_props(
+        moto,
+        ssh_private_key=key.export_private_key().decode(),
+        keyPairName="user-key",
+        securityGroupIds=[group["GroupId"]],
+        elasticIpAllocationId=allocation,
+        allowedCidrs=None,
+    )
+    outputs = provisioned(props)
+    details = outputs["details"]
+    assert details["key_pair_created"] is None
+    assert details["security_group_created"] is None
+    assert details["elastic_ip_created"] is None
+
+    DRIVER.delete(details["instance_id"], outputs)
+    left = moto.inventory()
+    assert details["instance_id"] not in left["instances"]
+    assert "user-key" in left["key_pairs"]
+    assert group["GroupId"] in left["security_groups"]
+    assert allocation in left["elastic_ips"]
+    assert details["association_id"] not in left["associations"]
+    ec2.release_address(AllocationId=allocation)
+    ec2.delete_security_group(GroupId=group["GroupId"])
+    ec2.delete_key_pair(KeyName="user-key")
+
+
+def test_settings_resolve_private_address_only():
+    settings = ec2_settings.resolve({"privateAddressOnly": True})
+    assert settings["elasticIp"] is False
