@@ -13,19 +13,10 @@ import subprocess
 
 import pytest
 
-from provider import loopback
 from tests.harness.moto_ec2 import AMI_PARAMETER, FAKE_CREDENTIALS, REGION
 from tests.harness.netguard import check_dialable
-from tests.harness.vm import TestVM
 
 pytestmark = pytest.mark.engine
-
-# Hand-picked addresses of the block loopback.take keeps for manual choice.
-VM_ADDRESSES = [f"127.100.0.{last}" for last in range(210, 220)]
-# A VM boots in one to two minutes on an idle machine; these bounds leave
-# room for a busy one.
-VM_SSH_TIMEOUT = 600.0
-VM_DOCKER_TIMEOUT = 600.0
 
 
 def aws_stack(stack_factory):
@@ -78,23 +69,6 @@ def test_up_rejects_missing_cidrs(moto_ec2, stack_factory):
     assert stack.resources() == []
 
 
-def boot_vm_at_manual_address() -> TestVM:
-    """Boot a test VM on the first free address of VM_ADDRESSES."""
-    for address in VM_ADDRESSES:
-        vm = TestVM(
-            address=address,
-            cpus=1,
-            ssh_timeout=VM_SSH_TIMEOUT,
-            docker_timeout=VM_DOCKER_TIMEOUT,
-        )
-        try:
-            vm.start()
-        except loopback.AddressTakenError:
-            continue
-        return vm
-    pytest.fail(f"none of {VM_ADDRESSES} is free")
-
-
 def docker_env(outputs):
     """Return an environment pointing the docker client at the machine."""
     return {
@@ -107,8 +81,10 @@ def docker_env(outputs):
 
 
 @pytest.mark.vm
-def test_end_to_end_through_elastic_ip(moto_ec2, stack_factory):
-    vm = boot_vm_at_manual_address()
+def test_end_to_end_through_elastic_ip(moto_ec2, stack_factory, shared_vm):
+    # The shared test VM stands for the instance: the Elastic IP moto
+    # allocates is the VM's loopback address.
+    vm = shared_vm
     ec2 = moto_ec2.client()
     key_name = f"e2e-{vm.address}"
     try:
@@ -162,7 +138,6 @@ def test_end_to_end_through_elastic_ip(moto_ec2, stack_factory):
         assert stack.resources() == []
         assert moto_ec2.inventory() == before
     finally:
-        vm.close()
         for cleanup in (
             lambda: ec2.release_address(AllocationId=allocation["AllocationId"]),
             lambda: ec2.delete_key_pair(KeyName=key_name),
