@@ -29,8 +29,8 @@ KEYS = {*PLAIN_SETTINGS, *IMPORT_SETTINGS, "rotate", "expiryWarningDays"}
 def parse_cert_authority(settings: Any, is_secret: bool = False) -> dict[str, Any]:
     """Map the optional ``certAuthority`` settings to CertAuthority arguments.
 
-    ``is_secret`` tells whether the stack stores ``certAuthority`` encrypted;
-    a ``caKeyPem`` in plaintext configuration is rejected.
+    ``is_secret`` is True when the stack stores ``certAuthority`` encrypted.
+    A ``caKeyPem`` in plaintext configuration is rejected.
     """
     settings = settings or {}
     if not isinstance(settings, dict):
@@ -111,9 +111,9 @@ def _read_pem(
         )
     if inline:
         if not isinstance(inline, str):
-            shown = pki.HIDDEN_VALUE if secret else inline
+            displayed_value = pki.HIDDEN_VALUE if secret else inline
             raise InvalidInputError(
-                f"certAuthority.{inline_name}", shown, "must be PEM text"
+                f"certAuthority.{inline_name}", displayed_value, "must be PEM text"
             )
         return f"certAuthority.{inline_name}", inline
     if not path_text:

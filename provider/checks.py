@@ -231,7 +231,7 @@ def check_validity_days(value: Any, field: str = "validity_days") -> int:
 def check_rotate(value: Any, field: str = "rotate") -> str:
     """Validate a rotation trigger: any text or number, kept as text.
 
-    The value means nothing by itself, so a change of it is the signal.
+    Only a change of the value matters, never the value itself.
     """
     if isinstance(value, float) and value.is_integer():
         value = int(value)

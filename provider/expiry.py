@@ -58,8 +58,8 @@ def expiry_warnings(
     """Return one message per certificate that expires within ``warning_days``.
 
     ``certificates`` maps a description such as "the CA certificate of ca" to
-    its notAfter. Entries without a notAfter are skipped. An expired
-    certificate gets a message that says so.
+    its notAfter. Entries without a notAfter are skipped. The message of an
+    expired certificate reads "expired at" instead.
     """
     if warning_days <= 0:
         return []
@@ -86,7 +86,7 @@ def warn_about_expiry(
 ) -> list[str]:
     """Print a warning for each certificate that expires soon; return the messages.
 
-    ``remedy`` says how to renew, and is added to each message.
+    ``remedy`` is the renewal instruction appended to each message.
     """
     # A resource created before the window was an input has no value: use the default.
     days = DEFAULT_WARNING_DAYS if warning_days is None else int(warning_days)

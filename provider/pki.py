@@ -263,9 +263,9 @@ def validate_imported_ca(
     """Raise InvalidInputError unless the pair can serve as a stack's own CA.
 
     On top of :func:`validate_ca_pair`, the certificate must be self-signed.
-    dockerd gets only this certificate as ``tlscacert``, and clients that use
-    OpenSSL (Python's ``ssl``, curl) accept a chain only when it ends at a
-    self-signed root, so an intermediate CA would pass here and fail later.
+    The provider's own mutual-TLS check uses Python's ``ssl``, which before
+    Python 3.13 accepts a chain only when it ends at a self-signed root, so an
+    intermediate CA would pass here and fail at the end of every configure.
     """
     validate_ca_pair(cert_pem, key_pem, now, cert_field, key_field)
     certificate = parse_certificate(cert_pem, cert_field)

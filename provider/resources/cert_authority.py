@@ -31,7 +31,7 @@ from provider.progress import report
 from provider.resources.base import changed_keys, is_unknown, run_checks, short_errors
 
 # Inputs that shape the CA or the client certificate: a change replaces both.
-# ``rotate`` is a trigger that does nothing but that.
+# ``rotate`` exists only to trigger that replacement.
 REPLACE_INPUTS = (
     "algorithm",
     "validity_days",
@@ -183,7 +183,8 @@ class CertAuthorityProvider(ResourceProvider):
     def update(
         self, _id: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> UpdateResult:
-        # Only UPDATE_INPUTS reach here, and they change nothing but the record.
+        # diff replaces on any other change, so only UPDATE_INPUTS reach here
+        # and no certificate is issued again.
         return UpdateResult({**olds, **{key: news.get(key) for key in INPUTS}})
 
 
