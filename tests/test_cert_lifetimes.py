@@ -401,7 +401,7 @@ def test_daemon_warning_days_touch_no_host() -> None:
     news = {**olds, "expiry_warning_days": 9}
     provider = DockerDaemonConfigProvider()
     assert provider.diff("m1-1", olds, news).changes is True
-    # The host at 127.0.0.1:22 is never dialled: an SSH attempt would fail here.
+    # These outputs hold no SSH key, so an attempt to reach the host would raise.
     outputs = provider.update("m1-1", olds, news).outs
     assert outputs["expiry_warning_days"] == 9
     assert outputs["server_cert_pem"] == olds["server_cert_pem"]

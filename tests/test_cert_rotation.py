@@ -1,9 +1,10 @@
 """Certificates over time, through the real ``pulumi`` CLI on the shared test VM.
 
-The tests run in file order on one stack and one machine: expiry outputs, the
-refresh warning, rotation of the server certificate, rotation of the CA with
-the old client certificate rejected by the daemon, and an imported CA whose
-key is a secret in the stack configuration. The stack is destroyed at the end.
+The tests run in file order on one stack and one machine. They cover the
+expiry outputs, the refresh warning and rotation of the server certificate.
+Then rotation of the CA, after which the daemon rejects the old client
+certificate, and an imported CA whose key is a secret in the stack
+configuration. The stack is destroyed at the end.
 """
 
 from __future__ import annotations
