@@ -32,6 +32,8 @@ from provider.resources.base import changed_keys, is_unknown, run_checks, short_
 
 # Inputs that shape the CA or the client certificate: a change replaces both.
 # ``rotate`` exists only to trigger that replacement.
+# NOTE: with an imported CA the replacement keeps the same CA, so ``rotate``
+# renews only the client certificate, and the old one stays trusted.
 REPLACE_INPUTS = (
     "algorithm",
     "validity_days",
