@@ -228,6 +228,23 @@ def check_validity_days(value: Any, field: str = "validity_days") -> int:
     return number
 
 
+def check_rotate(value: Any, field: str = "rotate") -> str:
+    """Validate a rotation trigger: any text or number, kept as text.
+
+    Only a change of the value matters, never the value itself.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidInputError(
+            field,
+            value,
+            "must be text or a number, e.g. the date of the rotation; change it "
+            "to rotate",
+        )
+    return str(value)
+
+
 def optional(check: Check) -> Check:
     """Wrap ``check`` so that a missing value (None) passes as None."""
 

@@ -253,6 +253,33 @@ def validate_ca_pair(
     _check_current(certificate, _utc_now(now), cert_field)
 
 
+def validate_imported_ca(
+    cert_pem: str | bytes,
+    key_pem: str | bytes,
+    now: datetime | None = None,
+    cert_field: str = "ca_cert_pem",
+    key_field: str = "ca_key_pem",
+) -> None:
+    """Raise InvalidInputError unless the pair can serve as a stack's own CA.
+
+    On top of :func:`validate_ca_pair`, the certificate must be self-signed.
+    The provider's own mutual-TLS check uses Python's ``ssl``, which before
+    Python 3.13 accepts a chain only when it ends at a self-signed root, so an
+    intermediate CA would pass here and fail at the end of every configure.
+    """
+    validate_ca_pair(cert_pem, key_pem, now, cert_field, key_field)
+    certificate = parse_certificate(cert_pem, cert_field)
+    subject = certificate.subject.rfc4514_string()
+    if certificate.issuer != certificate.subject or not is_issued_by(cert_pem, cert_pem):
+        issuer = certificate.issuer.rfc4514_string()
+        raise InvalidInputError(
+            cert_field,
+            subject,
+            f"not a self-signed root CA (issued by {issuer!r}); give a root CA "
+            "certificate and its key, or leave the CA settings out to create one",
+        )
+
+
 def is_issued_by(cert_pem: str | bytes, ca_cert_pem: str | bytes) -> bool:
     """Tell whether the CA's key signed the certificate and its name is the issuer."""
     certificate = parse_certificate(cert_pem)

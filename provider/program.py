@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from pulumi.runtime.config import is_config_secret
 
 from provider import certdir, checks
+from provider.ca_config import parse_cert_authority
 from provider.drivers import DRIVER_MODULES
 from provider.errors import InvalidInputError
 from provider.resources import CertAuthority, DockerDaemonConfig, Host
@@ -30,10 +32,10 @@ MACHINE_KEYS = {
     "sshHostKey",
     "extraSans",
     "enginePort",
+    "rotateServerCert",
     "state",
     *DRIVER_MODULES,
 }
-CERT_AUTHORITY_KEYS = {"algorithm", "validityDays", "clientValidityDays", "commonName"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class MachineSpec:
     engine_port: Any
     state: Any = None
     options: Any = None
+    rotate_server_cert: Any = None
 
 
 def _read_key_file(path_text: str, where: str) -> str:
@@ -133,6 +136,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         engine_port=entry.get("enginePort", 2376),
         state=entry.get("state"),
         options=entry.get(driver),
+        rotate_server_cert=entry.get("rotateServerCert"),
     )
 
 
@@ -173,27 +177,6 @@ def parse_machines(entries: Any) -> list[MachineSpec]:
     return machines
 
 
-def parse_cert_authority(settings: Any) -> dict[str, Any]:
-    """Map the optional ``certAuthority`` settings to CertAuthority arguments."""
-    settings = settings or {}
-    if not isinstance(settings, dict):
-        raise InvalidInputError("certAuthority", settings, "must be a mapping")
-    unknown = sorted(set(settings) - CERT_AUTHORITY_KEYS)
-    if unknown:
-        raise InvalidInputError(
-            f"certAuthority.{unknown[0]}",
-            settings[unknown[0]],
-            f"unknown setting; use {', '.join(sorted(CERT_AUTHORITY_KEYS))}",
-        )
-    names = {
-        "algorithm": "algorithm",
-        "validityDays": "validity_days",
-        "clientValidityDays": "client_validity_days",
-        "commonName": "common_name",
-    }
-    return {names[key]: value for key, value in settings.items()}
-
-
 def _write_cert_dir(directory: Path, values: list[str]) -> str:
     if not pulumi.runtime.is_dry_run():
         certdir.write_cert_dir(directory, *values)
@@ -229,6 +212,7 @@ def declare_machine(
         extra_sans=machine.extra_sans,
         engine_port=machine.engine_port,
         cert_path=str(directory),
+        rotate_server_cert=machine.rotate_server_cert,
     )
     # Written once the daemon is configured, from the outputs other stacks read.
     cert_path = pulumi.Output.all(
@@ -251,6 +235,8 @@ def declare_machine(
         "caCertPem": ca.ca_cert_pem,
         "clientCertPem": ca.client_cert_pem,
         "serverCertNotAfter": daemon.server_cert_not_after,
+        "clientCertNotAfter": ca.client_not_after,
+        "caCertNotAfter": ca.ca_not_after,
     }
     secret = {
         "clientKeyPem": ca.client_key_pem,
@@ -263,7 +249,11 @@ def main() -> None:
     """Declare every machine of the stack configuration and export the outputs."""
     config = pulumi.Config()
     machines = parse_machines(config.require_object("machines"))
-    ca = CertAuthority("ca", **parse_cert_authority(config.get_object("certAuthority")))
+    ca_settings = parse_cert_authority(
+        config.get_object("certAuthority"),
+        is_secret=is_config_secret(config.full_key("certAuthority")),
+    )
+    ca = CertAuthority("ca", **ca_settings)
 
     public: dict[str, Any] = {}
     secret: dict[str, Any] = {}

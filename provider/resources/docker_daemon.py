@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from provider import certdir, checks, pki
+from provider import certdir, checks, expiry, pki
 from provider.configure import (
     ConfigureRequest,
     configure_host,
@@ -44,7 +44,14 @@ from provider.resources.base import (
 
 # Inputs that need work on the host when they change. A new host key is
 # there too: it usually means the machine was rebuilt and lost its settings.
-APPLY_INPUTS = ("extra_sans", "engine_port", "ca_cert_pem", "ca_key_pem", "host_key")
+APPLY_INPUTS = (
+    "extra_sans",
+    "engine_port",
+    "ca_cert_pem",
+    "ca_key_pem",
+    "host_key",
+    "rotate_server_cert",
+)
 # Inputs used only to reach the host or to check the listener.
 ACCESS_INPUTS = (
     "machine_name",
@@ -59,10 +66,16 @@ ACCESS_INPUTS = (
 # Another address or SSH port is another machine: configure the new one and
 # remove the listener from the old one.
 REPLACE_ON = ("address", "ssh_port")
-INPUTS = REPLACE_ON + APPLY_INPUTS + ACCESS_INPUTS
+# Inputs that change only what refresh reports.
+REPORT_INPUTS = ("expiry_warning_days",)
+INPUTS = REPLACE_ON + APPLY_INPUTS + ACCESS_INPUTS + REPORT_INPUTS
 SECRET_OUTPUTS = ["ssh_private_key", "ca_key_pem", "client_key_pem", "server_key_pem"]
 DEFAULT_ENGINE_PORT = 2376
 DEFAULT_SERVER_VALIDITY_DAYS = 1095
+SERVER_RENEW_HINT = (
+    "renew it with a new value of the machine's rotateServerCert setting (the "
+    "DockerDaemonConfig input rotate_server_cert) and `pulumi up`"
+)
 
 
 def _check_ca_cert(value: Any) -> str:
@@ -120,6 +133,8 @@ def _needs_new_server_certificate(olds: dict[str, Any], news: dict[str, Any]) ->
         return True
     if olds.get("ca_cert_pem") != news.get("ca_cert_pem"):
         return True
+    if olds.get("rotate_server_cert") != news.get("rotate_server_cert"):
+        return True
     return olds.get("server_sans") != _server_sans(news)
 
 
@@ -148,6 +163,8 @@ class DockerDaemonConfigProvider(ResourceProvider):
                     lambda v: checks.check_validity_days(v, "server_validity_days"),
                 ),
                 ("ca_cert_pem", _check_ca_cert),
+                ("rotate_server_cert", checks.check_rotate),
+                ("expiry_warning_days", expiry.check_warning_days),
             ],
         )
         failures += _port_clash(inputs, failures)
@@ -199,6 +216,13 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     @short_errors
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        expiry.warn_about_expiry(
+            {f"the server certificate of {props['machine_name']}": props.get(
+                "server_cert_not_after"
+            )},
+            props.get("expiry_warning_days"),
+            SERVER_RENEW_HINT,
+        )
         if props.get("host_state") == "stopped":
             # A stopped machine keeps its settings on disk; nothing to read now.
             return ReadResult(id_, props)
@@ -280,6 +304,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
         engine_port: pulumi.Input[int] = DEFAULT_ENGINE_PORT,
         server_validity_days: pulumi.Input[int] = DEFAULT_SERVER_VALIDITY_DAYS,
         cert_path: pulumi.Input[str] | None = None,
+        rotate_server_cert: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -298,6 +323,8 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "engine_port": engine_port,
             "server_validity_days": server_validity_days,
             "cert_path": cert_path,
+            "rotate_server_cert": rotate_server_cert,
+            "expiry_warning_days": cert_authority.expiry_warning_days,
             "docker_host": None,
             "tls_verify": None,
             "docker_version": None,
