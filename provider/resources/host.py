@@ -79,7 +79,12 @@ class HostProvider(ResourceProvider):
         return CheckResult(inputs, failures + option_failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changes = changed_keys(olds, news, INPUTS)
+        # The output ``state`` is the machine's actual state, so an unset
+        # input (leave the machine as it is) never differs from it.
+        compared = [key for key in INPUTS if key != "state"]
+        changes = changed_keys(olds, news, compared)
+        if news.get("state") is not None and news["state"] != olds.get("state"):
+            changes.append("state")
         if olds.get("driver") != news.get("driver"):
             return DiffResult(changes=True, replaces=["driver"])
         replaces = get_driver(news["driver"]).replaces(olds, news)
