@@ -131,7 +131,9 @@ class LightHost:
 class LightHostFleet:
     """Up to :data:`MAX_HOSTS` light hosts for the length of a ``with`` block."""
 
-    def __init__(self, count: int, *, workdir: Path | None = None) -> None:
+    def __init__(
+        self, count: int, *, workdir: Path | None = None, with_python: bool = False
+    ) -> None:
         if not 1 <= count <= MAX_HOSTS:
             raise ValueError(f"invalid host count {count}: use 1 to {MAX_HOSTS}")
         if os.geteuid() != 0:
@@ -142,6 +144,9 @@ class LightHostFleet:
                 "(scripts/setup.sh does)"
             )
         self.count = count
+        # The image has no Python. Tools whose remote steps need it (Ansible)
+        # get this machine's python3.11, bound read-only: both are Debian 12.
+        self.with_python = with_python
         self.run_id = uuid.uuid4().hex[:6]
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pdm-light-"))
@@ -240,6 +245,9 @@ class LightHostFleet:
             path = host.upper_dir / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
+        if self.with_python:
+            (host.upper_dir / "usr/bin").mkdir(parents=True, exist_ok=True)
+            (host.upper_dir / "usr/bin/python3").symlink_to("python3.11")
         (host.upper_dir / "root/.ssh").chmod(0o700)
         (host.upper_dir / "root/.ssh/authorized_keys").chmod(0o600)
         (host.upper_dir / "var/log").mkdir(parents=True, exist_ok=True)
@@ -259,6 +267,8 @@ class LightHostFleet:
             "--capability=all",
             f"--machine={host.name}",
         ]
+        if self.with_python:
+            command += ["--bind-ro=/usr/bin/python3.11", "--bind-ro=/usr/lib/python3.11"]
         log = open(self.workdir / f"{host.name}.console.log", "wb")
         host.process = subprocess.Popen(
             command,
