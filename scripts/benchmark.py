@@ -126,7 +126,7 @@ def measure_engine_floor(workdir: Path, count: int) -> dict[str, float]:
 class ProviderMemorySampler:
     """Sample VmHWM of the dynamic provider processes of one stack until stopped.
 
-    A process counts when its environment holds ``marker``, the stack's own
+    A process counts when its environment contains ``marker``, the stack's own
     operation log setting, so other stacks on the machine are left out.
     """
 

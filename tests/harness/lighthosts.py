@@ -7,10 +7,11 @@ Debian root of the test VM image (read-only loop mount) under
 - its own network namespace and veth pair, with addresses from a /30 of a
   private /24 that no route on this machine uses yet. Only the container end of
   each link is registered with the network-safety guard;
-- a copy-on-write view of the root (``--overlay``) whose upper directory sets
-  up the host: ``lo`` only in /etc/network/interfaces (with the image's DHCP
-  line, boot waits minutes for a lease), no fstab, root's authorized key, and
-  sshd logging each connection and session to /var/log/sshd-counting.log;
+- a copy-on-write view of the root (``--overlay``). Its upper directory has
+  only ``lo`` in /etc/network/interfaces, because with the image's DHCP line
+  boot waits minutes for a lease. It also has an empty fstab, root's
+  authorized key, and sshd logging each connection and session to
+  /var/log/sshd-counting.log;
 - a data directory on the real file system bound at /var/lib/docker, because
   dockerd's overlay2 storage cannot sit on an overlay.
 
