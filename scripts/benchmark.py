@@ -87,7 +87,9 @@ def timed(action) -> float:
     """Run ``action`` and return its wall-clock time in seconds."""
     start = time.monotonic()
     action()
-    return time.monotonic() - start
+    seconds = time.monotonic() - start
+    log(f"took {seconds:.2f} s")
+    return seconds
 
 
 # The engine floor
@@ -329,6 +331,7 @@ def write_ansible_files(workdir: Path, fleet: LightHostFleet, hosts) -> Path:
 
 def measure_ansible(workdir: Path, fleet: LightHostFleet, hosts, playbook: Path) -> float:
     """Time one ansible-playbook run of the configure play on ``hosts``."""
+    workdir.mkdir(parents=True)
     inventory = write_ansible_files(workdir, fleet, hosts)
     env = {
         **os.environ,
@@ -345,7 +348,10 @@ def measure_ansible(workdir: Path, fleet: LightHostFleet, hosts, playbook: Path)
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     seconds = time.monotonic() - start
     if completed.returncode != 0:
-        raise RuntimeError(f"ansible-playbook failed:\n{completed.stdout[-4000:]}")
+        raise RuntimeError(
+            f"ansible-playbook exited {completed.returncode}:\n{completed.stdout[-4000:]}"
+        )
+    log(f"Ansible on {len(hosts)} hosts took {seconds:.2f} s")
     return seconds
 
 
