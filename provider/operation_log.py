@@ -3,10 +3,11 @@
 A stack's machines are served by several provider processes (see
 :mod:`provider.program`), so "how many configures ran at once" cannot be read
 from one process. When ``PULUMI_DOCKER_MACHINE_OPERATION_LOG`` names a file,
-every process appends one JSON line per start and end to it; the engine
-passes its environment on to provider processes. Each line is shorter than
-PIPE_BUF and written with one ``write`` on an ``O_APPEND`` descriptor, so lines
-from different processes do not interleave.
+every process appends one JSON line per start and end to it. The engine
+passes its environment on to provider processes, so setting the variable
+for ``pulumi`` is enough. Each line of about 150 bytes goes out in one
+``write`` on an ``O_APPEND`` descriptor, so on a local file system lines from
+different processes do not interleave.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ def _append(record: dict) -> None:
         os.close(descriptor)
 
 
+def _entry(event: str, machine_name: str, operation: str) -> dict:
+    return {
+        "event": event,
+        "machine": machine_name,
+        "operation": operation,
+        "pid": os.getpid(),
+        "time": time.time(),
+    }
+
+
 @contextlib.contextmanager
 def record(machine_name: str, operation: str) -> Iterator[None]:
     """Log the start and end of ``operation`` on ``machine_name``."""
@@ -46,9 +57,14 @@ def record(machine_name: str, operation: str) -> Iterator[None]:
     with _lock:
         _running += 1
         running = _running
-    logger.info("%s of %s started (%d running in pid %d)", operation, machine_name, running, os.getpid())
-    _append({"event": "start", "machine": machine_name, "operation": operation,
-             "pid": os.getpid(), "time": time.time()})
+    logger.info(
+        "%s of %s started (%d running in pid %d)",
+        operation,
+        machine_name,
+        running,
+        os.getpid(),
+    )
+    _append(_entry("start", machine_name, operation))
     outcome = "failed"
     try:
         yield
@@ -56,13 +72,12 @@ def record(machine_name: str, operation: str) -> Iterator[None]:
     finally:
         with _lock:
             _running -= 1
-        _append({"event": outcome, "machine": machine_name, "operation": operation,
-                 "pid": os.getpid(), "time": time.time()})
+        _append(_entry(outcome, machine_name, operation))
         logger.info("%s of %s %s", operation, machine_name, outcome)
 
 
 def max_in_flight(lines: list[str], operation: str) -> int:
-    """Return the most ``operation`` records open at one time in a log's lines."""
+    """Return the maximum number of ``operation`` spans open at one time in ``lines``."""
     events = []
     for line in lines:
         entry = json.loads(line)

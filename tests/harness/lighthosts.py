@@ -169,7 +169,7 @@ class LightHostFleet:
     # Start-up
 
     def start(self) -> None:
-        """Mount the image, start every host and wait until SSH and Docker answer."""
+        """Mount the image, start every host and wait until SSH and Docker respond."""
         image = vmimage.ensure_image()
         self.root.mkdir(parents=True, exist_ok=True)
         _run(["mount", "-o", "loop,ro", str(image.path), str(self.root)])
@@ -281,7 +281,7 @@ class LightHostFleet:
         log.close()
 
     def _wait_until_ready(self) -> None:
-        """Wait, bounded in time, until every host's sshd and dockerd answer."""
+        """Wait, bounded in time, until every host's sshd and dockerd respond."""
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         waiting = list(self.hosts)
         attempt = 0
