@@ -289,9 +289,13 @@ class LightHostFleet:
             attempt += 1
             for host in list(waiting):
                 if host.process.poll() is not None:
+                    # The work directory goes on close, so the console's end
+                    # goes into the message.
+                    console = self.workdir / f"{host.name}.console.log"
+                    tail = console.read_text(errors="replace").splitlines()[-8:]
                     raise LightHostError(
                         f"{host.name} exited with status {host.process.returncode} "
-                        f"while booting; see {self.workdir / (host.name + '.console.log')}"
+                        f"while booting; its console ended with:\n" + "\n".join(tail)
                     )
                 if _booted(host) and _ssh_banner(host.address) and _docker_answers(host):
                     waiting.remove(host)
