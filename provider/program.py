@@ -38,7 +38,7 @@ CERT_AUTHORITY_KEYS = {"algorithm", "validityDays", "clientValidityDays", "commo
 # The Python dynamic provider server (pulumi 3.272.0, the Python package, in
 # pulumi/dynamic/__main__.py) serves every resource of one provider process
 # on a gRPC server with ThreadPoolExecutor(max_workers=4), and each create
-# holds its thread until the host is configured. So one process configures at
+# keeps its thread until the host is configured. So one process configures at
 # most 4 machines at once. Every explicit ProviderResource of the
 # "pulumi-python" package gets a process of its own (checked with CLI
 # v3.276.0), so machines go in groups of MACHINES_PER_PROVIDER to separate
