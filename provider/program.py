@@ -37,6 +37,24 @@ MACHINE_KEYS = {
     *DRIVER_MODULES,
 }
 
+# The Python dynamic provider server (pulumi 3.272.0, the Python package, in
+# pulumi/dynamic/__main__.py) serves every resource of one provider process
+# on a gRPC server with ThreadPoolExecutor(max_workers=4), and each create
+# keeps its thread until the host is configured. So one process configures at
+# most 4 machines at once. Every explicit ProviderResource of the
+# "pulumi-python" package gets a process of its own (checked with CLI
+# v3.276.0), so machines go in groups of MACHINES_PER_PROVIDER to separate
+# processes. The first group stays on the default provider, so stacks of up
+# to 4 machines start no extra process. A machine's group follows from its
+# position in the list, so appending machines moves none. The engine runs at
+# most `--parallel` steps at once (4 per core by default), which still caps
+# the number of configures in flight.
+# NOTE: removing an earlier machine moves later ones to another provider. A
+# preview with CLI v3.276.0 showed them unchanged (no update, no replace),
+# but an up after such a move has not been tested.
+MACHINES_PER_PROVIDER = 4
+MAX_PROVIDER_PROCESSES = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class MachineSpec:
@@ -183,8 +201,29 @@ def _write_cert_dir(directory: Path, values: list[str]) -> str:
     return str(directory)
 
 
+def provider_group(index: int) -> int:
+    """Return the provider process group of the machine at ``index`` in the list."""
+    return (index // MACHINES_PER_PROVIDER) % MAX_PROVIDER_PROCESSES
+
+
+def _provider_options(
+    group: int, providers: dict[int, pulumi.ProviderResource]
+) -> pulumi.ResourceOptions | None:
+    if group == 0:
+        return None
+    if group not in providers:
+        providers[group] = pulumi.ProviderResource(
+            "pulumi-python", f"machines-provider-{group}", {}
+        )
+    return pulumi.ResourceOptions(provider=providers[group])
+
+
 def declare_machine(
-    machine: MachineSpec, ca: CertAuthority, project: str, stack: str
+    machine: MachineSpec,
+    ca: CertAuthority,
+    project: str,
+    stack: str,
+    opts: pulumi.ResourceOptions | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Declare one machine's resources; return its public and secret outputs."""
     host = Host(
@@ -202,6 +241,7 @@ def declare_machine(
         machine_name=machine.name,
         state=machine.state,
         options=machine.options,
+        opts=opts,
     )
     directory = certdir.cert_path(project, stack, machine.name)
     daemon = DockerDaemonConfig(
@@ -213,6 +253,7 @@ def declare_machine(
         engine_port=machine.engine_port,
         cert_path=str(directory),
         rotate_server_cert=machine.rotate_server_cert,
+        opts=opts,
     )
     # Written once the daemon is configured, from the outputs other stacks read.
     cert_path = pulumi.Output.all(
@@ -257,9 +298,11 @@ def main() -> None:
 
     public: dict[str, Any] = {}
     secret: dict[str, Any] = {}
-    for machine in machines:
+    providers: dict[int, pulumi.ProviderResource] = {}
+    for index, machine in enumerate(machines):
+        opts = _provider_options(provider_group(index), providers)
         public[machine.name], secret[machine.name] = declare_machine(
-            machine, ca, pulumi.get_project(), pulumi.get_stack()
+            machine, ca, pulumi.get_project(), pulumi.get_stack(), opts
         )
     pulumi.export("machines", public)
     pulumi.export("machineSecrets", pulumi.Output.secret(secret))

@@ -12,7 +12,7 @@ log() { echo "setup: $*" >&2; }
 
 debian_packages=(
     qemu-system-x86 qemu-utils debootstrap openssh-client docker.io
-    linux-image-amd64 iproute2 e2fsprogs
+    linux-image-amd64 iproute2 e2fsprogs systemd-container
 )
 
 missing=()

@@ -12,6 +12,7 @@ from tests.harness.pulumi_cli import PulumiStack
 def pytest_configure(config):
     config.addinivalue_line("markers", "engine: runs the real pulumi CLI")
     config.addinivalue_line("markers", "vm: boots or uses a QEMU test VM")
+    config.addinivalue_line("markers", "lighthosts: starts systemd-nspawn light hosts")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from provider import certdir, checks, expiry, pki
+from provider import certdir, checks, expiry, operation_log, pki
 from provider.configure import (
     ConfigureRequest,
     configure_host,
@@ -180,9 +180,10 @@ class DockerDaemonConfigProvider(ResourceProvider):
     @short_errors
     def create(self, props: dict[str, Any]) -> CreateResult:
         server = _sign_server_certificate(props)
-        outputs = run_async(
-            configure_host(_request(props), server, undo_on_failure=True)
-        )
+        with operation_log.record(props["machine_name"], "configure"):
+            outputs = run_async(
+                configure_host(_request(props), server, undo_on_failure=True)
+            )
         return CreateResult(
             f"{props['machine_name']}-{uuid.uuid4().hex[:8]}",
             self._outputs(props, server, outputs),
@@ -209,9 +210,10 @@ class DockerDaemonConfigProvider(ResourceProvider):
             # Only the means of access changed (SSH key, host key, client
             # certificate): keep the host as it is and record the new values.
             return UpdateResult({**olds, **{key: news.get(key) for key in INPUTS}})
-        outputs = run_async(
-            configure_host(_request(news), server, undo_on_failure=False)
-        )
+        with operation_log.record(news["machine_name"], "configure"):
+            outputs = run_async(
+                configure_host(_request(news), server, undo_on_failure=False)
+            )
         return UpdateResult(self._outputs(news, server, outputs))
 
     @short_errors
@@ -227,7 +229,8 @@ class DockerDaemonConfigProvider(ResourceProvider):
             # A stopped machine keeps its settings on disk; nothing to read now.
             return ReadResult(id_, props)
         try:
-            observed = run_async(observe_host(_request(props)))
+            with operation_log.record(props["machine_name"], "read"):
+                observed = run_async(observe_host(_request(props)))
         except SSHConnectError as error:
             # A machine that is down (a VM killed by hand, an instance
             # stopped outside Pulumi) is drift, not a failed refresh: the

@@ -47,10 +47,13 @@ class PulumiCommandError(AssertionError):
 class PulumiStack:
     """A stack of this project on a private local backend."""
 
-    def __init__(self, workdir: Path, name: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, name: str | None = None, project_dir: Path = PROJECT_DIR
+    ) -> None:
         if shutil.which("pulumi") is None:
             raise RuntimeError("pulumi not on PATH: run the tests through scripts/test.sh")
         self.name = name or f"test-{uuid.uuid4().hex[:8]}"
+        self.project_dir = project_dir
         self.workdir = workdir
         self.backend_dir = workdir / "backend"
         self.config_file = workdir / f"Pulumi.{self.name}.yaml"
@@ -69,7 +72,7 @@ class PulumiStack:
         self.run("stack", "init", self.name, stack_flag=False)
         # stack init writes the passphrase's salt into Pulumi.<stack>.yaml in
         # the project directory: move it into this stack's own config file.
-        created = PROJECT_DIR / f"Pulumi.{self.name}.yaml"
+        created = project_dir / f"Pulumi.{self.name}.yaml"
         self.base_config = yaml.safe_load(created.read_text()) if created.exists() else {}
         created.unlink(missing_ok=True)
         self.config_file.write_text(yaml.safe_dump(self.base_config or {}))
@@ -94,7 +97,7 @@ class PulumiStack:
             command += ["--stack", self.name]
         completed = subprocess.run(
             command,
-            cwd=PROJECT_DIR,
+            cwd=self.project_dir,
             env=self.env,
             capture_output=True,
             text=True,
