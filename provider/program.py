@@ -30,6 +30,7 @@ MACHINE_KEYS = {
     "sshHostKey",
     "extraSans",
     "enginePort",
+    "engine",
     "state",
     *DRIVER_MODULES,
 }
@@ -51,6 +52,7 @@ class MachineSpec:
     engine_port: Any
     state: Any = None
     options: Any = None
+    engine: Any = None
 
 
 def _read_key_file(path_text: str, where: str) -> str:
@@ -132,6 +134,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         engine_port=entry.get("enginePort", 2376),
         state=entry.get("state"),
         options=entry.get(driver),
+        engine=entry.get("engine"),
     )
 
 
@@ -212,6 +215,7 @@ def declare_machine(
         cert_authority=ca,
         extra_sans=machine.extra_sans,
         engine_port=machine.engine_port,
+        engine=machine.engine,
         cert_path=str(directory),
     )
     # Written once the daemon is configured, from the outputs other stacks read.

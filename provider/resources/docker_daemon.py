@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from provider import certdir, checks, pki
+from provider import certdir, checks, engine_options, pki
 from provider.configure import (
     ConfigureRequest,
     configure_host,
@@ -44,7 +44,15 @@ from provider.resources.base import (
 
 # Inputs that need work on the host when they change. A new host key is
 # there too: it usually means the machine was rebuilt and lost its settings.
-APPLY_INPUTS = ("extra_sans", "engine_port", "ca_cert_pem", "ca_key_pem", "host_key")
+APPLY_INPUTS = (
+    "extra_sans",
+    "engine_port",
+    "engine",
+    "driver",
+    "ca_cert_pem",
+    "ca_key_pem",
+    "host_key",
+)
 # Inputs used only to reach the host or to check the listener.
 ACCESS_INPUTS = (
     "machine_name",
@@ -97,7 +105,17 @@ def _request(props: dict[str, Any]) -> ConfigureRequest:
         ca_cert_pem=props["ca_cert_pem"],
         client_cert_pem=props["client_cert_pem"],
         client_key_pem=props["client_key_pem"],
+        engine=props.get("engine") or {},
+        driver=props.get("driver") or "generic",
     )
+
+
+def _changed_inputs(olds: dict[str, Any], news: dict[str, Any], keys: tuple) -> list[str]:
+    """Return the changed inputs among ``keys``; no engine equals an empty one."""
+    changes = changed_keys(olds, news, keys)
+    if "engine" in changes and (olds.get("engine") or {}) == (news.get("engine") or {}):
+        changes.remove("engine")
+    return changes
 
 
 def _sign_server_certificate(props: dict[str, Any]) -> pki.IssuedCertificate:
@@ -146,13 +164,14 @@ class DockerDaemonConfigProvider(ResourceProvider):
                     lambda v: checks.check_validity_days(v, "server_validity_days"),
                 ),
                 ("ca_cert_pem", _check_ca_cert),
+                ("engine", engine_options.check_engine),
             ],
         )
         failures += _port_clash(inputs, failures)
         return CheckResult(inputs, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changes = changed_keys(olds, news, INPUTS)
+        changes = _changed_inputs(olds, news, INPUTS)
         replaces = [key for key in changes if key in REPLACE_ON]
         return DiffResult(
             changes=bool(changes) or _has_drifted(olds), replaces=replaces
@@ -181,7 +200,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
                 olds["server_key_pem"],
                 olds["server_cert_not_after"],
             )
-        apply_changes = changed_keys(olds, news, APPLY_INPUTS)
+        apply_changes = _changed_inputs(olds, news, APPLY_INPUTS)
         if (
             not apply_changes
             and not _has_drifted(olds)
@@ -265,6 +284,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
         cert_authority: Any,
         extra_sans: pulumi.Input[list] | None = None,
         engine_port: pulumi.Input[int] = DEFAULT_ENGINE_PORT,
+        engine: pulumi.Input[dict] | None = None,
         server_validity_days: pulumi.Input[int] = DEFAULT_SERVER_VALIDITY_DAYS,
         cert_path: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -283,6 +303,8 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "client_key_pem": cert_authority.client_key_pem,
             "extra_sans": extra_sans or [],
             "engine_port": engine_port,
+            "engine": engine or {},
+            "driver": getattr(host, "driver", "generic"),
             "server_validity_days": server_validity_days,
             "cert_path": cert_path,
             "docker_host": None,
