@@ -139,7 +139,7 @@ def strip_host_flags(command: str) -> str:
 def render_dropin(unit_text: str, environment: list[str] | None = None) -> str:
     """Render the drop-in that restarts dockerd without ``-H`` flags.
 
-    ``environment`` holds ready ``Environment=`` lines for dockerd's process.
+    ``environment`` contains complete ``Environment=`` lines for dockerd's process.
     """
     command = strip_host_flags(packaged_exec_start(unit_text))
     return (

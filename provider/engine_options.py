@@ -32,11 +32,12 @@ NAMED_OPTIONS = {
 ENGINE_KEYS = (*NAMED_OPTIONS, "env", "daemonJson", "hardened")
 HARDENED_KEYS = ("logDriver", "logOpts", "authorizationPlugin")
 
-# What ``hardened`` sets besides the log target. The names follow the
-# daemon-configuration section of the CIS Docker Benchmark: no traffic
-# between containers on the default bridge, user namespace remapping, no
-# privilege gain through setuid binaries, containers kept running while
-# dockerd restarts, and no userland proxy for published ports.
+# What ``hardened`` sets besides the log target, after the
+# daemon-configuration section of the CIS Docker Benchmark. It turns off
+# traffic between containers on the default bridge and turns on user
+# namespace remapping. It blocks privilege gain through setuid binaries,
+# keeps containers running while dockerd restarts, and turns off the
+# userland proxy for published ports.
 HARDENED_SETTINGS: dict[str, object] = {
     "icc": False,
     "userns-remap": "default",

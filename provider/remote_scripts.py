@@ -122,7 +122,7 @@ def _restore_lines() -> str:
     return "".join(lines)
 
 
-# The longest wait for one `systemctl restart docker`. The packaged unit has
+# The maximum wait for one `systemctl restart docker`. The packaged unit has
 # no start timeout of its own (TimeoutStartSec=0), so a daemon that hangs at
 # start would otherwise hold the script until the SSH command times out.
 RESTART_TIMEOUT_SECONDS = 180
@@ -133,7 +133,8 @@ BACKUP_DIR = f"{STATE_DIR}/previous"
 
 # Restores the files kept in BACKUP_DIR and restarts Docker with them.
 # systemd counts the failed starts against the unit's start limit, so the
-# failed state is reset first. Prints the journal lines of the restart.
+# failed state is reset first. The copies go once Docker runs again, and stay
+# for a manual repair when it does not; then the journal lines are printed.
 _RESTORE_BODY = (
     f'backup="{BACKUP_DIR}"\n'
     + _restore_lines()
@@ -144,6 +145,7 @@ restored=$(date +%s)
 if timeout {RESTART_TIMEOUT_SECONDS} systemctl restart docker.service \\
         && systemctl is-active --quiet docker.service; then
     emit rollback restored
+    rm -rf "$backup"
 else
     journalctl --sync 2>/dev/null || true
     emit rollback failed
@@ -155,9 +157,9 @@ fi
 
 # Moves the staged files into place (temporary name, then rename), keeps the
 # host's original daemon.json once and the replaced files in BACKUP_DIR,
-# and restarts Docker. When Docker does not come back, it prints the
-# daemon's journal, restores the previous files, restarts Docker with them
-# and stops; otherwise it prints the observed configuration.
+# and restarts Docker. When Docker does not come back, the script prints the
+# daemon's journal, restores the previous files and restarts Docker with
+# them. Otherwise it prints the observed configuration.
 # Arguments: the staging directory and the engine port. Runs as root.
 APPLY_SCRIPT = (
     "set -eu\n"

@@ -65,7 +65,7 @@ def changed_keys(previous_json: str, new_json: str) -> list[str]:
 def suspected_keys(message: str, new_json: str, changed: list[str]) -> list[str]:
     """Return the changed daemon.json keys that ``message`` points at.
 
-    A key counts when the message names it, quotes its new value, or holds a
+    A key counts when the message names it, quotes its new value, or contains a
     word that dockerd uses for that option. With no match, every changed key
     is a suspect.
     """
