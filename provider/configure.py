@@ -222,7 +222,8 @@ async def _place_and_verify(
     )
     emitted = remote_scripts.parse_emitted(result.stdout)
     if emitted.get("restart_failed") == "yes":
-        report(f"{name}: Docker did not start; the previous configuration was restored")
+        outcome = "restored" if emitted.get("rollback") == "restored" else "not restored"
+        report(f"{name}: Docker did not start; the previous configuration was {outcome}")
         raise restart_failure.explain(
             name, request.docker_host, emitted, files["daemon.json"].decode(), request.engine
         )

@@ -197,25 +197,6 @@ def check_cis_file(vm, path, owner, widest_mode):
     assert int(mode, 8) & ~widest_mode == 0, f"{path} has mode {mode}"
 
 
-def test_preview_rejects_bad_engine_option(shared_vm, stack):
-    stack.write_config([machine_entry(shared_vm, storageDriver="ext4")])
-    result = stack.preview(check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "engine.storageDriver 'ext4'" in output
-    assert "overlay2" in output, "the message lists the valid drivers"
-    assert stack.resources() == []
-
-
-def test_preview_rejects_owned_daemon_json_key(shared_vm, stack):
-    stack.write_config([machine_entry(shared_vm, daemonJson={"tlsverify": False})])
-    result = stack.preview(check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "engine.daemonJson.tlsverify" in output
-    assert "TLS listener" in output
-
-
 def test_up_applies_engine_options(shared_vm, stack):
     stack.write_config([machine_entry(shared_vm, **ENGINE)])
     stack.up()
