@@ -2,10 +2,10 @@
 
 The tests run in file order on one stack on the shared Debian VM. They
 configure engine options and read them back with the docker client through
-the exported variables, check the host's files the way the CIS Docker
-Benchmark's file checks do, break the configuration on purpose to see it
-rolled back, edit the host by hand to see refresh report it and up repair
-it, then switch the hardened preset on. The module leaves the VM as it found
+the exported variables. They check the host's files the way the CIS Docker
+Benchmark's file checks do, and break the configuration on purpose to see it
+rolled back. They edit the host by hand to see refresh report it and up
+repair it, then switch the hardened preset on. The module leaves the VM as it found
 it: no TLS listener, no test containers or images, no remapped data root.
 """
 
@@ -173,7 +173,7 @@ def container_state(stack, name):
     return json.loads(result.stdout)
 
 
-# Ownership and modes the CIS Docker Benchmark (v1.6, section 3) expects of
+# Ownership and modes that the CIS Docker Benchmark's file checks expect of
 # the files that configure the daemon: path, owner:group, the widest mode.
 CIS_FILES = [
     pytest.param("$(systemctl show -p FragmentPath --value docker.service)", "root:root", 0o644, id="docker.service"),
