@@ -219,6 +219,7 @@ async def _place_and_verify(
         remote_scripts.APPLY_SCRIPT,
         "restarting Docker",
         args=(staging, str(request.engine_port)),
+        timeout=remote_scripts.APPLY_TIMEOUT_SECONDS,
     )
     emitted = remote_scripts.parse_emitted(result.stdout)
     if emitted.get("restart_failed") == "yes":
@@ -282,7 +283,9 @@ async def _restore_previous(
     )
     try:
         result = await session.run_script(
-            remote_scripts.RESTORE_SCRIPT, "restoring the previous configuration"
+            remote_scripts.RESTORE_SCRIPT,
+            "restoring the previous configuration",
+            timeout=remote_scripts.RESTART_TIMEOUT_SECONDS + 300,
         )
     except DockerMachineError as restore_error:
         error.add_note(f"restoring the previous configuration also failed: {restore_error}")

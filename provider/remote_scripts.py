@@ -122,10 +122,15 @@ def _restore_lines() -> str:
     return "".join(lines)
 
 
-# The maximum wait for one `systemctl restart docker`. The packaged unit has
-# no start timeout of its own (TimeoutStartSec=0), so a daemon that hangs at
-# start would otherwise hold the script until the SSH command times out.
-RESTART_TIMEOUT_SECONDS = 180
+# The maximum wait for one `systemctl restart docker`. Debian's docker.io
+# 20.10 unit has no start timeout of its own (TimeoutStartSec=0), so a daemon
+# that hangs at start would otherwise hold the script forever. Under QEMU
+# software emulation on a loaded machine, one start of dockerd 20.10 took
+# 6.5 minutes (mostly iptables set-up), so the limit is generous.
+RESTART_TIMEOUT_SECONDS = 600
+# The SSH command timeout of the apply script, which may restart Docker twice
+# (the new configuration, then the previous one).
+APPLY_TIMEOUT_SECONDS = 2 * RESTART_TIMEOUT_SECONDS + 300
 
 # The files as they were before the last apply, kept until the new
 # configuration has passed the mutual-TLS check.

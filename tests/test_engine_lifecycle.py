@@ -111,6 +111,19 @@ def stack(shared_vm, stack_factory, authz_plugin):
     )
 
 
+# A configure restarts dockerd, and a rollback restarts it twice. Under QEMU
+# software emulation on a loaded machine one restart took minutes.
+PULUMI_TIMEOUT_SECONDS = 3600
+
+
+def up(stack, check=True):
+    """Run ``pulumi up`` with a timeout long enough for two Docker restarts."""
+    return stack.run(
+        "up", "--yes", "--config-file", str(stack.config_file),
+        check=check, timeout=PULUMI_TIMEOUT_SECONDS,
+    )  # fmt: skip
+
+
 def machine_entry(vm, **engine):
     """Return the stack configuration entry of the machine, with ``engine``."""
     settings = {"engine": engine} if engine else {}
@@ -199,7 +212,7 @@ def check_cis_file(vm, path, owner, widest_mode):
 
 def test_up_applies_engine_options(shared_vm, stack):
     stack.write_config([machine_entry(shared_vm, **ENGINE)])
-    stack.up()
+    up(stack)
     info = docker_info(stack)
     assert "provider=generic" in info["Labels"]
     assert "com.example.team=build" in info["Labels"]
@@ -240,7 +253,7 @@ def test_bad_option_rolled_back(shared_vm, stack):
     stack.write_config(
         [machine_entry(shared_vm, **{**ENGINE, "storageDriver": BAD_STORAGE_DRIVER})]
     )
-    result = stack.up(check=False)
+    result = up(stack, check=False)
 
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -294,7 +307,7 @@ def test_refresh_reports_each_drift(shared_vm, stack):
 
 
 def test_up_repairs_each_drift(shared_vm, stack):
-    stack.up()
+    up(stack)
     assert host_daemon_json(shared_vm)["max-concurrent-downloads"] == 5
     assert docker_info(stack)["Driver"] == "overlay2"
     check_cis_file(shared_vm, daemon_config.SERVER_KEY_PATH, "root:root", 0o400)
@@ -329,7 +342,7 @@ def test_listener_gone_alone_detected(shared_vm, stack):
 
 def test_up_with_hardened_preset(shared_vm, stack):
     stack.write_config([machine_entry(shared_vm, **HARDENED_ENGINE)])
-    stack.up()
+    up(stack)
     info = docker_info(stack)
     assert any("name=userns" in option for option in info["SecurityOptions"])
     assert info["LiveRestoreEnabled"] is True
@@ -384,7 +397,7 @@ def test_live_restore_keeps_container_through_rollback(shared_vm, stack):
             )
         ]
     )
-    result = stack.up(check=False)
+    result = up(stack, check=False)
     assert result.returncode != 0
     assert "engine.storageDriver" in result.stdout + result.stderr
     after = container_state(stack, "hardened")
@@ -397,7 +410,7 @@ def test_missing_authorization_plugin_rolled_back(shared_vm, stack):
     hardened = {"authorizationPlugin": "pdm-no-such-authz"}
     engine = {**HARDENED_ENGINE, "hardened": hardened}
     stack.write_config([machine_entry(shared_vm, **engine)])
-    result = stack.up(check=False)
+    result = up(stack, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "engine.hardened.authorizationPlugin" in output, output
@@ -411,7 +424,7 @@ def test_hardened_authorization_plugin_consulted(shared_vm, stack, authz_plugin)
     assert shared_vm.run(spec)[0] == 0
     engine = {**HARDENED_ENGINE, "hardened": {"authorizationPlugin": "pdm-authz"}}
     stack.write_config([machine_entry(shared_vm, **engine)])
-    stack.up()
+    up(stack)
 
     assert docker_info(stack)["LiveRestoreEnabled"] is True
     assert any(uri.endswith("/info") for uri in authz_plugin.requests)
