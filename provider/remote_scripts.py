@@ -126,7 +126,7 @@ def _restore_lines() -> str:
 # 20.10 unit has no start timeout of its own (TimeoutStartSec=0), so a daemon
 # that hangs at start would otherwise hold the script forever. Under QEMU
 # software emulation on a loaded machine, one start of dockerd 20.10 took
-# 6.5 minutes (mostly iptables set-up), so the limit is generous.
+# about 7 minutes (mostly iptables set-up), so the limit is generous.
 RESTART_TIMEOUT_SECONDS = 600
 # The SSH command timeout of the apply script, which may restart Docker twice
 # (the new configuration, then the previous one).

@@ -99,7 +99,10 @@ def stack(shared_vm, stack_factory, authz_plugin):
     remove_test_objects = "docker ps -aq | xargs -r docker rm -f; docker image rm -f " + IMAGE
     shared_vm.run(remove_test_objects, timeout=300)
     if stack.resources():
-        stack.destroy(check=False)
+        stack.run(
+            "destroy", "--yes", "--config-file", str(stack.config_file),
+            check=False, timeout=PULUMI_TIMEOUT_SECONDS,
+        )  # fmt: skip
     shared_vm.run(remove_test_objects, timeout=300)
     # dockerd made the dockremap user and a data root of its own for
     # userns-remap; the daemon without the preset no longer uses either.
