@@ -341,7 +341,22 @@ def _check_daemon_json(value: Any, field: str) -> dict[str, Any]:
             raise InvalidInputError(
                 f"{field}.{key}", extra[key], "is not a daemon.json option name"
             )
-    return {key: extra[key] for key in sorted(extra)}
+    return {key: _whole_numbers_as_int(extra[key]) for key in sorted(extra)}
+
+
+def _whole_numbers_as_int(value: Any) -> Any:
+    """Turn whole floats back into ints, at any depth.
+
+    Numbers cross the Pulumi engine as doubles, and dockerd 20.10 refuses
+    ``5.0`` for an integer option such as ``max-concurrent-downloads``.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers_as_int(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(item) for item in value]
+    return value
 
 
 def _check_hardened(value: Any, field: str) -> dict[str, Any] | None:

@@ -273,3 +273,13 @@ def test_listener_not_compared_for_older_state():
 def test_rollback_script_syntax(script):
     checked = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_daemon_json_whole_numbers_become_int():
+    engine = engine_options.check_engine(
+        {"daemonJson": {"max-concurrent-downloads": 5.0, "default-ulimits": {"n": [1.0, 2.5]}}}
+    )
+    settings = engine_options.render_settings(engine, "generic")
+    rendered = daemon_config.render_daemon_json({}, 2376, settings)
+    assert '"max-concurrent-downloads": 5,' in rendered
+    assert json.loads(rendered)["default-ulimits"] == {"n": [1, 2.5]}
