@@ -141,7 +141,9 @@ def render_settings(engine: dict[str, Any] | None, driver: str) -> dict[str, obj
         settings.update(HARDENED_SETTINGS)
         if hardened.get("authorizationPlugin"):
             settings["authorization-plugins"] = [hardened["authorizationPlugin"]]
-    settings.update(engine.get("daemonJson") or {})
+    # Numbers cross the Pulumi engine as doubles even after ``check``, so
+    # whole numbers are turned back into ints here, where the file is written.
+    settings.update(_whole_numbers_as_int(engine.get("daemonJson") or {}))
     return settings
 
 

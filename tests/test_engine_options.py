@@ -276,9 +276,8 @@ def test_rollback_script_syntax(script):
 
 
 def test_daemon_json_whole_numbers_become_int():
-    engine = engine_options.check_engine(
-        {"daemonJson": {"max-concurrent-downloads": 5.0, "default-ulimits": {"n": [1.0, 2.5]}}}
-    )
+    # As create receives them: the engine turned every number into a double.
+    engine = {"daemonJson": {"max-concurrent-downloads": 5.0, "default-ulimits": {"n": [1.0, 2.5]}}}
     settings = engine_options.render_settings(engine, "generic")
     rendered = daemon_config.render_daemon_json({}, 2376, settings)
     assert '"max-concurrent-downloads": 5,' in rendered
