@@ -12,8 +12,8 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from provider import daemon_config, remote_scripts, tlsprobe
-from provider.errors import DockerMachineError, HostNotSupportedError
+from provider import daemon_config, engine_options, remote_scripts, restart_failure, tlsprobe
+from provider.errors import DockerMachineError, HostNotSupportedError, InvalidInputError
 from provider.pki import IssuedCertificate
 from provider.progress import report
 from provider.sshsession import RemoteSession, SSHTarget, open_session
@@ -42,6 +42,9 @@ class ConfigureRequest:
     ca_cert_pem: str
     client_cert_pem: str
     client_key_pem: str = dataclasses.field(repr=False)
+    # The checked ``engine`` input and the Host's driver, for the labels.
+    engine: dict[str, Any] = dataclasses.field(default_factory=dict)
+    driver: str = "generic"
 
     def target(self) -> SSHTarget:
         """Return the SSH login for this machine."""
@@ -76,6 +79,7 @@ def applied_state(files: dict[str, bytes]) -> dict[str, Any]:
         "dropin": files["dropin.conf"].decode(),
         "files": dict(sorted(described.items())),
         "docker_active": "active",
+        "listener": "yes",
     }
 
 
@@ -115,21 +119,41 @@ def _render_files(
             f"{request.address} is not valid JSON ({error}); fix or remove it so "
             f"its settings can be kept alongside the TLS settings"
         ) from None
-    replaced = daemon_config.replaced_keys(base, request.engine_port)
+    settings = engine_options.render_settings(request.engine, request.driver)
+    _reject_flag_conflicts(request, facts["unit"], settings)
+    replaced = daemon_config.replaced_keys(base, request.engine_port, settings)
     if replaced:
         report(
             f"{request.machine_name}: replacing {', '.join(replaced)} from the "
-            f"host's existing daemon.json with the TLS settings"
+            f"host's existing daemon.json with the TLS and engine settings"
         )
     return {
         "ca.pem": request.ca_cert_pem.encode(),
         "server.pem": server.cert_pem.encode(),
         "server-key.pem": server.key_pem.encode(),
         "daemon.json": daemon_config.render_daemon_json(
-            base, request.engine_port
+            base, request.engine_port, settings
         ).encode(),
-        "dropin.conf": daemon_config.render_dropin(facts["unit"]).encode(),
+        "dropin.conf": daemon_config.render_dropin(
+            facts["unit"], engine_options.render_environment(request.engine)
+        ).encode(),
     }
+
+
+def _reject_flag_conflicts(
+    request: ConfigureRequest, unit_text: str, settings: dict[str, object]
+) -> None:
+    """Raise before any change when the packaged unit sets an option as a flag."""
+    conflicts = daemon_config.flag_conflicts(unit_text, list(settings))
+    if conflicts:
+        key = conflicts[0]
+        raise InvalidInputError(
+            engine_options.option_name(key, request.engine),
+            settings[key],
+            f"the docker.service unit on {request.address} already passes "
+            f"--{key} to dockerd, and dockerd refuses to start when a flag and "
+            f"daemon.json both set it; remove the option from the stack",
+        )
 
 
 async def _verify_tls(request: ConfigureRequest) -> dict:
@@ -184,18 +208,39 @@ async def _stage_files(
 
 
 async def _place_and_verify(
-    session: RemoteSession, request: ConfigureRequest, server: IssuedCertificate
+    session: RemoteSession,
+    request: ConfigureRequest,
+    server: IssuedCertificate,
+    restore_on_failure: bool,
 ) -> dict[str, Any]:
     name = request.machine_name
     files, staging = await _stage_files(session, request, server)
 
     report(f"{name}: restarting Docker with the TLS listener on port {request.engine_port}")
     result = await session.run_script(
-        remote_scripts.APPLY_SCRIPT, "restarting Docker", args=(staging,)
+        remote_scripts.APPLY_SCRIPT,
+        "restarting Docker",
+        args=(staging, str(request.engine_port)),
+        timeout=remote_scripts.APPLY_TIMEOUT_SECONDS,
     )
-    observed = remote_scripts.observed_state(remote_scripts.parse_emitted(result.stdout))
+    emitted = remote_scripts.parse_emitted(result.stdout)
+    if emitted.get("restart_failed") == "yes":
+        outcome = "restored" if emitted.get("rollback") == "restored" else "not restored"
+        report(f"{name}: Docker did not start; the previous configuration was {outcome}")
+        raise restart_failure.explain(
+            name, request.docker_host, emitted, files["daemon.json"].decode(), request.engine
+        )
+    observed = remote_scripts.observed_state(emitted)
 
-    version = await _verify_tls(request)
+    try:
+        version = await _verify_tls(request)
+    except DockerMachineError as error:
+        if restore_on_failure:
+            await _restore_previous(session, request, error)
+        raise
+    await session.run_script(
+        remote_scripts.FORGET_BACKUP_SCRIPT, "removing the previous configuration copy"
+    )
     report(f"{name}: Docker {version.get('Version')} answers on {request.docker_host}")
     return {
         "docker_host": request.docker_host,
@@ -212,16 +257,52 @@ async def configure_host(
 
     With ``undo_on_failure`` (a first configure), a failure removes what was
     placed and restarts Docker on its Unix socket before the error is raised.
-    A failure of that cleanup is added to the error as a note.
+    Without it (an update), the configuration that was in force before is
+    restored and Docker restarted with it. A failure of that cleanup is added
+    to the error as a note.
     """
     report(f"{request.machine_name}: connecting to {request.target().label}")
     async with open_session(request.target()) as session:
         try:
-            return await _place_and_verify(session, request, server)
+            return await _place_and_verify(
+                session, request, server, restore_on_failure=not undo_on_failure
+            )
         except DockerMachineError as error:
-            if undo_on_failure and not isinstance(error, HostNotSupportedError):
+            if undo_on_failure and not isinstance(
+                error, (HostNotSupportedError, InvalidInputError)
+            ):
                 await _undo(session, request, error)
             raise
+
+
+async def _restore_previous(
+    session: RemoteSession, request: ConfigureRequest, error: DockerMachineError
+) -> None:
+    """Put back the configuration the apply script replaced; note the outcome."""
+    report(
+        f"{request.machine_name}: the new configuration failed the mutual-TLS "
+        f"check, restoring the previous one"
+    )
+    try:
+        result = await session.run_script(
+            remote_scripts.RESTORE_SCRIPT,
+            "restoring the previous configuration",
+            timeout=remote_scripts.RESTART_TIMEOUT_SECONDS + 300,
+        )
+    except DockerMachineError as restore_error:
+        error.add_note(f"restoring the previous configuration also failed: {restore_error}")
+        return
+    emitted = remote_scripts.parse_emitted(result.stdout)
+    if emitted.get("rollback") == "restored":
+        error.add_note(
+            "The previous daemon configuration and certificates are back in place "
+            "and Docker runs with them."
+        )
+    else:
+        error.add_note(
+            "Restoring the previous configuration failed as well: "
+            + restart_failure.daemon_error_line(emitted.get("rollback_journal", ""))
+        )
 
 
 async def _undo(
@@ -246,7 +327,9 @@ async def observe_host(request: ConfigureRequest) -> dict[str, Any]:
         request.target(), attempts=REFRESH_CONNECT_ATTEMPTS, deadline_seconds=30.0
     ) as session:
         result = await session.run_script(
-            remote_scripts.OBSERVE_ONLY_SCRIPT, "reading the Docker configuration"
+            remote_scripts.OBSERVE_ONLY_SCRIPT,
+            "reading the Docker configuration",
+            args=(str(request.engine_port),),
         )
     return remote_scripts.observed_state(remote_scripts.parse_emitted(result.stdout))
 

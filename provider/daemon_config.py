@@ -38,17 +38,36 @@ def tls_settings(engine_port: int) -> dict[str, object]:
     }
 
 
-def replaced_keys(base: dict[str, object], engine_port: int) -> list[str]:
-    """Return the keys of ``base`` whose values the TLS settings replace."""
-    ours = tls_settings(engine_port)
-    return sorted(key for key in OWNED_KEYS if key in base and base[key] != ours[key])
+def replaced_keys(
+    base: dict[str, object],
+    engine_port: int,
+    engine: dict[str, object] | None = None,
+) -> list[str]:
+    """Return the keys of ``base`` whose values the TLS or engine settings replace."""
+    ours = {**(engine or {}), **tls_settings(engine_port)}
+    return sorted(key for key in ours if key in base and base[key] != ours[key])
 
 
-def render_daemon_json(base: dict[str, object], engine_port: int) -> str:
-    """Merge the TLS settings over ``base`` (a pre-existing daemon.json)."""
+def render_daemon_json(
+    base: dict[str, object],
+    engine_port: int,
+    engine: dict[str, object] | None = None,
+) -> str:
+    """Merge the engine and TLS settings over ``base`` (a pre-existing daemon.json)."""
     merged = dict(base)
+    merged.update(engine or {})
     merged.update(tls_settings(engine_port))
     return json.dumps(merged, indent=2, sort_keys=True) + "\n"
+
+
+def flag_conflicts(unit_text: str, keys: list[str]) -> list[str]:
+    """Return the daemon.json ``keys`` that the packaged ExecStart also sets as flags.
+
+    dockerd refuses to start when a flag and daemon.json set the same option.
+    """
+    words = strip_host_flags(packaged_exec_start(unit_text)).split()
+    flags = {word.split("=", 1)[0].removeprefix("--") for word in words if word.startswith("--")}
+    return sorted(key for key in keys if key in flags)
 
 
 def parse_daemon_json(text: str) -> dict[str, object]:
@@ -117,13 +136,17 @@ def strip_host_flags(command: str) -> str:
     return " ".join(kept)
 
 
-def render_dropin(unit_text: str) -> str:
-    """Render the drop-in that restarts dockerd without ``-H`` flags."""
+def render_dropin(unit_text: str, environment: list[str] | None = None) -> str:
+    """Render the drop-in that restarts dockerd without ``-H`` flags.
+
+    ``environment`` contains complete ``Environment=`` lines for dockerd's process.
+    """
     command = strip_host_flags(packaged_exec_start(unit_text))
     return (
         "# Written by pulumi-docker-machine: the listeners are set in\n"
         f"# {DAEMON_JSON_PATH}, so dockerd must start without -H flags.\n"
         "[Service]\n"
-        "ExecStart=\n"
+        + "".join(f"{line}\n" for line in environment or [])
+        + "ExecStart=\n"
         f"ExecStart={command}\n"
     )

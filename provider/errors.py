@@ -94,3 +94,20 @@ class DaemonUnreachableError(DockerMachineError, ConnectionError):
 class TLSVerificationError(DockerMachineError):
     """Mutual TLS with the daemon failed, or a client without a certificate
     was accepted."""
+
+
+class EngineStartError(DockerMachineError):
+    """Docker did not start with a new daemon configuration.
+
+    ``options`` names the stack settings suspected, ``daemon_message`` quotes
+    the daemon's own error from its journal, and ``restored`` tells whether
+    the previous configuration is running again.
+    """
+
+    def __init__(
+        self, message: str, options: list[str], daemon_message: str, restored: bool
+    ) -> None:
+        self.options = options
+        self.daemon_message = daemon_message
+        self.restored = restored
+        super().__init__(message)

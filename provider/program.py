@@ -33,6 +33,7 @@ MACHINE_KEYS = {
     "extraSans",
     "enginePort",
     "rotateServerCert",
+    "engine",
     "state",
     *DRIVER_MODULES,
 }
@@ -72,6 +73,7 @@ class MachineSpec:
     state: Any = None
     options: Any = None
     rotate_server_cert: Any = None
+    engine: Any = None
 
 
 def _read_key_file(path_text: str, where: str) -> str:
@@ -155,6 +157,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         state=entry.get("state"),
         options=entry.get(driver),
         rotate_server_cert=entry.get("rotateServerCert"),
+        engine=entry.get("engine"),
     )
 
 
@@ -251,6 +254,7 @@ def declare_machine(
         cert_authority=ca,
         extra_sans=machine.extra_sans,
         engine_port=machine.engine_port,
+        engine=machine.engine,
         cert_path=str(directory),
         rotate_server_cert=machine.rotate_server_cert,
         opts=opts,

@@ -64,7 +64,7 @@ emit staging "$(mktemp -d)"
 """
 
 # Prints the configuration as the host has it now; appended to the apply
-# script and run alone by refresh.
+# script and run alone by refresh. Expects $engine_port to be set.
 OBSERVE_SCRIPT = _EMIT_FUNCTIONS + f"""\
 describe() {{
     if [ -e "$1" ]; then
@@ -80,6 +80,11 @@ emit file:{CA_CERT_PATH} "$(describe {CA_CERT_PATH})"
 emit file:{SERVER_CERT_PATH} "$(describe {SERVER_CERT_PATH})"
 emit file:{SERVER_KEY_PATH} "$(describe {SERVER_KEY_PATH})"
 emit docker_active "$(systemctl is-active docker.service 2>/dev/null || true)"
+if ss -Hltn "sport = :$engine_port" 2>/dev/null | grep -q .; then
+    emit listener yes
+else
+    emit listener no
+fi
 """
 
 
@@ -94,13 +99,79 @@ def _place_lines() -> str:
     return "".join(lines)
 
 
+def _backup_lines() -> str:
+    """Copy each file about to be replaced into $backup, keeping mode and owner."""
+    return "".join(
+        f'if [ -e "{destination}" ]; then cp -p "{destination}" "$backup/{staged}"; fi\n'
+        for staged, destination, _mode in PLACED_FILES
+    )
+
+
+def _restore_lines() -> str:
+    """Put every file back as $backup has it; remove those it lacks."""
+    lines = []
+    for staged, destination, _mode in PLACED_FILES:
+        lines.append(
+            f'if [ -e "$backup/{staged}" ]; then\n'
+            f'    cp -p "$backup/{staged}" "{destination}.pdm-old"\n'
+            f'    mv -f "{destination}.pdm-old" "{destination}"\n'
+            f"else\n"
+            f'    rm -f "{destination}"\n'
+            f"fi\n"
+        )
+    return "".join(lines)
+
+
+# The maximum wait for one `systemctl restart docker`. Debian's docker.io
+# 20.10 unit has no start timeout of its own (TimeoutStartSec=0), so a daemon
+# that hangs at start would otherwise hold the script forever. Under QEMU
+# software emulation on a loaded machine, one start of dockerd 20.10 took
+# about 7 minutes (mostly iptables set-up), so the limit is generous.
+RESTART_TIMEOUT_SECONDS = 600
+# The SSH command timeout of the apply script, which may restart Docker twice
+# (the new configuration, then the previous one).
+APPLY_TIMEOUT_SECONDS = 2 * RESTART_TIMEOUT_SECONDS + 300
+
+# The files as they were before the last apply, kept until the new
+# configuration has passed the mutual-TLS check.
+BACKUP_DIR = f"{STATE_DIR}/previous"
+
+# Restores the files kept in BACKUP_DIR and restarts Docker with them.
+# systemd counts the failed starts against the unit's start limit, so the
+# failed state is reset first. The copies go once Docker runs again, and stay
+# for a manual repair when it does not; then the journal lines are printed.
+_RESTORE_BODY = (
+    f'backup="{BACKUP_DIR}"\n'
+    + _restore_lines()
+    + """\
+systemctl daemon-reload
+systemctl reset-failed docker.service docker.socket 2>/dev/null || true
+restored=$(date +%s)
+if timeout {RESTART_TIMEOUT_SECONDS} systemctl restart docker.service \\
+        && systemctl is-active --quiet docker.service; then
+    emit rollback restored
+    rm -rf "$backup"
+else
+    journalctl --sync 2>/dev/null || true
+    emit rollback failed
+    emit rollback_journal "$(journalctl -u docker.service --since "@$restored" \\
+        --no-pager -o cat 2>/dev/null | tail -n 20)"
+fi
+""".replace("{RESTART_TIMEOUT_SECONDS}", str(RESTART_TIMEOUT_SECONDS))
+)
+
 # Moves the staged files into place (temporary name, then rename), keeps the
-# host's original daemon.json once, restarts Docker and prints the result.
-# Argument: the staging directory. Runs as root.
+# host's original daemon.json once and the replaced files in BACKUP_DIR,
+# and restarts Docker. When Docker does not come back, the script prints the
+# daemon's journal, restores the previous files and restarts Docker with
+# them. Otherwise it prints the observed configuration.
+# Arguments: the staging directory and the engine port. Runs as root.
 APPLY_SCRIPT = (
     "set -eu\n"
     'stage="$1"\n'
-    f"""\
+    'engine_port="$2"\n'
+    + _EMIT_FUNCTIONS
+    + f"""\
 trap 'rm -rf "$stage"' EXIT
 install -d -m 0755 -o root -g root /etc/docker {DROPIN_PATH.rsplit("/", 1)[0]}
 install -d -m 0700 -o root -g root {STATE_DIR}
@@ -111,19 +182,38 @@ if [ ! -e {ORIGINAL_DAEMON_JSON} ] && [ ! -e {NO_ORIGINAL_MARKER} ]; then
         : > {NO_ORIGINAL_MARKER}
     fi
 fi
+backup="{BACKUP_DIR}"
+rm -rf "$backup"
+install -d -m 0700 -o root -g root "$backup"
 """
+    + _backup_lines()
     + _place_lines()
     + """\
 systemctl daemon-reload
+started=$(date +%s)
 # restart, not start: start leaves a running dockerd on its old flags.
-if ! systemctl restart docker.service; then
-    echo "docker.service failed to restart with the new configuration:" >&2
-    journalctl -u docker.service -n 20 --no-pager -o cat >&2 || true
-    exit 1
+if ! { timeout {RESTART_TIMEOUT_SECONDS} systemctl restart docker.service \\
+        && systemctl is-active --quiet docker.service; }; then
+    journalctl --sync 2>/dev/null || true
+    emit restart_failed yes
+    emit journal "$(journalctl -u docker.service --since "@$started" \\
+        --no-pager -o cat 2>/dev/null | tail -n 40)"
+    emit_file previous_daemon_json "$backup/daemon.json"
+""".replace("{RESTART_TIMEOUT_SECONDS}", str(RESTART_TIMEOUT_SECONDS))
+    + "".join("    " + line + "\n" for line in _RESTORE_BODY.splitlines())
+    + """\
+    exit 0
 fi
 """
     + OBSERVE_SCRIPT
 )
+
+# Puts back the configuration kept by the last apply, after the new one
+# failed the mutual-TLS check. Argument: none. Runs as root.
+RESTORE_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + _RESTORE_BODY
+
+# Drops the copies kept by the last apply once its configuration is verified.
+FORGET_BACKUP_SCRIPT = f'rm -rf "{BACKUP_DIR}"\n'
 
 # Removes the TLS listener: restores the original daemon.json, removes the
 # drop-in and the certificates, and restarts Docker on its Unix socket.
@@ -153,7 +243,8 @@ fi
 systemctl is-active docker.service
 """
 
-OBSERVE_ONLY_SCRIPT = "set -eu\n" + OBSERVE_SCRIPT
+# Argument: the engine port.
+OBSERVE_ONLY_SCRIPT = "set -eu\n" + 'engine_port="$1"\n' + OBSERVE_SCRIPT
 
 
 def parse_emitted(stdout: str) -> dict[str, str]:
@@ -189,6 +280,9 @@ def describe_drift(applied: dict, observed: dict) -> list[str]:
             drift.append(f"{path} has mode and owner {' '.join(seen.split()[1:])}")
     if observed.get("docker_active") != applied.get("docker_active"):
         drift.append(f"docker.service is {observed.get('docker_active') or 'unknown'}")
+    # States recorded before the listener was observed have no "listener".
+    if "listener" in applied and observed.get("listener") != applied["listener"]:
+        drift.append("nothing listens on the engine port (the TLS listener is gone)")
     return drift
 
 
@@ -204,4 +298,5 @@ def observed_state(values: dict[str, str]) -> dict[str, object]:
         "dropin": values.get("dropin"),
         "files": files,
         "docker_active": values.get("docker_active", ""),
+        "listener": values.get("listener", ""),
     }

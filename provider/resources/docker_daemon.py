@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from provider import certdir, checks, expiry, operation_log, pki
+from provider import certdir, checks, engine_options, expiry, operation_log, pki
 from provider.configure import (
     ConfigureRequest,
     configure_host,
@@ -47,6 +47,8 @@ from provider.resources.base import (
 APPLY_INPUTS = (
     "extra_sans",
     "engine_port",
+    "engine",
+    "driver",
     "ca_cert_pem",
     "ca_key_pem",
     "host_key",
@@ -110,7 +112,17 @@ def _request(props: dict[str, Any]) -> ConfigureRequest:
         ca_cert_pem=props["ca_cert_pem"],
         client_cert_pem=props["client_cert_pem"],
         client_key_pem=props["client_key_pem"],
+        engine=props.get("engine") or {},
+        driver=props.get("driver") or "generic",
     )
+
+
+def _changed_inputs(olds: dict[str, Any], news: dict[str, Any], keys: tuple) -> list[str]:
+    """Return the changed inputs among ``keys``; no engine equals an empty one."""
+    changes = changed_keys(olds, news, keys)
+    if "engine" in changes and (olds.get("engine") or {}) == (news.get("engine") or {}):
+        changes.remove("engine")
+    return changes
 
 
 def _sign_server_certificate(props: dict[str, Any]) -> pki.IssuedCertificate:
@@ -165,13 +177,14 @@ class DockerDaemonConfigProvider(ResourceProvider):
                 ("ca_cert_pem", _check_ca_cert),
                 ("rotate_server_cert", checks.check_rotate),
                 ("expiry_warning_days", expiry.check_warning_days),
+                ("engine", engine_options.check_engine),
             ],
         )
         failures += _port_clash(inputs, failures)
         return CheckResult(inputs, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changes = changed_keys(olds, news, INPUTS)
+        changes = _changed_inputs(olds, news, INPUTS)
         replaces = [key for key in changes if key in REPLACE_ON]
         return DiffResult(
             changes=bool(changes) or _has_drifted(olds), replaces=replaces
@@ -201,7 +214,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
                 olds["server_key_pem"],
                 olds["server_cert_not_after"],
             )
-        apply_changes = changed_keys(olds, news, APPLY_INPUTS)
+        apply_changes = _changed_inputs(olds, news, APPLY_INPUTS)
         if (
             not apply_changes
             and not _has_drifted(olds)
@@ -305,6 +318,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
         cert_authority: Any,
         extra_sans: pulumi.Input[list] | None = None,
         engine_port: pulumi.Input[int] = DEFAULT_ENGINE_PORT,
+        engine: pulumi.Input[dict] | None = None,
         server_validity_days: pulumi.Input[int] = DEFAULT_SERVER_VALIDITY_DAYS,
         cert_path: pulumi.Input[str] | None = None,
         rotate_server_cert: pulumi.Input[str] | None = None,
@@ -324,6 +338,8 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "client_key_pem": cert_authority.client_key_pem,
             "extra_sans": extra_sans or [],
             "engine_port": engine_port,
+            "engine": engine or {},
+            "driver": getattr(host, "driver", "generic"),
             "server_validity_days": server_validity_days,
             "cert_path": cert_path,
             "rotate_server_cert": rotate_server_cert,
