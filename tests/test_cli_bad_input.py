@@ -48,7 +48,7 @@ def empty_stack(stack_factory):
 
 @pytest.fixture(scope="module")
 def imported_stack(stack_factory):
-    """A stack whose state holds the outputs of one machine, ``build-1``."""
+    """A stack whose state contains the outputs of one machine, ``build-1``."""
     stack = stack_factory()
     deployment = stack.export()
     urn = (

@@ -1,6 +1,6 @@
 """A machine's life with the state on S3, used from a second, empty home.
 
-moto's S3 server on 127.0.0.1 holds the backend. The main stack provisions a
+moto's S3 server on 127.0.0.1 stores the backend. The main stack provisions a
 machine on the shared test VM. Then a workstation with an empty home
 directory, the backend URL, S3 credentials and the passphrase runs
 ``pulumi-docker-machine`` and reaches the daemon with the real docker client,
@@ -149,7 +149,7 @@ def test_env_from_fresh_home(stack, workstation):
     assert stat.S_IMODE(cert_dir.stat().st_mode) == 0o700
     assert "PRIVATE KEY" not in printed.stdout
 
-    # Apply the output in bash the way its hint says, then run the real client.
+    # Apply the output in bash the way its hint shows, then run the real client.
     script = home / "env.sh"
     script.write_text(printed.stdout)
     docker = subprocess.run(

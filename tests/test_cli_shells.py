@@ -1,7 +1,7 @@
 """``env`` output per shell: golden files, and a round trip through real shells.
 
 The golden files under tests/golden/env/ fix the exact text. The round trip
-runs each installed shell on that text, the way the printed hint says, and
+runs each installed shell on that text, the way the printed hint shows, and
 checks that every value arrives byte for byte. Set
 ``UPDATE_GOLDEN=1`` to rewrite the golden files after a deliberate change.
 """
@@ -19,8 +19,9 @@ from provider.cli import shells
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "env"
 
-# Values that need quoting: a single quote, double quotes, a backslash,
-# a dollar sign, a history '!', two spaces in a row; and a Windows path.
+# The certificate path needs quoting in every shell. It contains a single
+# quote, double quotes, a backslash, a dollar sign, a history '!' and two
+# spaces in a row. The Windows path contains spaces and backslashes.
 POSIX_VALUES = {
     "DOCKER_TLS_VERIFY": "1",
     "DOCKER_HOST": "tcp://127.0.0.1:2376",
@@ -70,7 +71,7 @@ def test_tcsh_rejects_newline():
         shells.render_set("tcsh", "X", "a\nb")
 
 
-# Each shell applies the output the way its hint line says, with `cat FILE`
+# Each shell applies the output the way its hint line shows, with `cat FILE`
 # standing in for the tool, then prints the values separated by NUL bytes.
 ROUND_TRIP = {
     "bash": ["bash", "-c", 'eval "$(cat "$1")"; printf "%s\\0" {refs}', "bash"],

@@ -80,5 +80,5 @@ def daemon_info(args: list) -> dict | None:
 info = pulumi.Output.all(machine, client_key_pem).apply(daemon_info)
 
 pulumi.export("dockerHost", machine["DOCKER_HOST"])
-# Built from the key but holds none of it, so it needs no secret marking.
+# Built with the key but contains none of it, so it needs no secret marking.
 pulumi.export("daemonInfo", pulumi.Output.unsecret(info))

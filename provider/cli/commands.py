@@ -79,7 +79,7 @@ def engine_port(machine: Machine) -> int:
 
 
 def probe(machine: Machine, timeout: float) -> str | None:
-    """Return None if the daemon answers over mutual TLS, else the error.
+    """Return None if the daemon responds over mutual TLS, else the error.
 
     Network faults and certificate faults are named apart, because only the
     second is fixed by re-signing certificates.
@@ -201,7 +201,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """Print Running if the daemon answers over mutual TLS, else why not."""
+    """Print Running if the daemon responds over mutual TLS, else the reason."""
     machine = find_machine(selection_of(args), args.name, secrets=True)
     state = str(machine.public.get("state") or "running")
     if state.lower() != "running":

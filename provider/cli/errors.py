@@ -9,7 +9,7 @@ EXIT_NO_STACK = 3  # no pulumi, no project, stack not found, backend failure
 EXIT_NO_OUTPUTS = 4  # the stack has no machines output (never deployed)
 EXIT_UNKNOWN_MACHINE = 5  # no machine of that name in the stack
 EXIT_NO_SECRETS = 6  # the secret outputs cannot be decrypted
-EXIT_UNREACHABLE = 7  # the daemon did not answer (network or TLS error)
+EXIT_UNREACHABLE = 7  # the daemon did not respond (network or TLS error)
 
 
 class CliError(Exception):

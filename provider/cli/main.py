@@ -20,7 +20,7 @@ exit codes:
   4  the stack has no machines output (never deployed, or destroyed)
   5  no machine of that name in the stack
   6  the secret outputs cannot be decrypted (passphrase or secrets provider)
-  7  status: the daemon did not answer or the machine is not running
+  7  status: the daemon did not respond or the machine is not running
 ssh returns the exit status of ssh itself, or of the remote command.
 """
 
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timeout(ls)
 
     status = _add_command(
-        subparsers, "status", "print Running, or why the daemon does not answer",
+        subparsers, "status", "print Running, or why the daemon does not respond",
         commands.run_status,
     )
     _add_name(status)

@@ -41,7 +41,7 @@ SECRET_ERRORS = (
 
 @dataclasses.dataclass(frozen=True)
 class StackSelection:
-    """Which stack to read: a name or ``org/project/stack``, and a project dir."""
+    """The stack to read (a name or ``org/project/stack``) and its project dir."""
 
     stack: str | None
     project_dir: Path | None
