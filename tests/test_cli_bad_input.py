@@ -125,6 +125,24 @@ def test_cwd_without_project(empty_stack, tmp_path):
     assert "no Pulumi.yaml" in completed.stderr
 
 
+def test_not_logged_in(empty_stack, tmp_path):
+    env = {
+        name: value
+        for name, value in empty_stack.env.items()
+        if name not in ("PULUMI_BACKEND_URL", "PULUMI_HOME")
+    }
+    completed = subprocess.run(
+        [shutil.which("pulumi-docker-machine"), "ip", "--stack", "org/project/dev", "x"],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 3, completed.stderr
+    assert "pulumi login" in completed.stderr
+
+
 def test_qualified_stack_outside_project(imported_stack, tmp_path):
     qualified = f"organization/{PROJECT_NAME}/{imported_stack.name}"
     completed = run_tool(imported_stack, "ip", "--stack", qualified, "build-1", cwd=tmp_path)

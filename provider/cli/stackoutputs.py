@@ -77,7 +77,7 @@ def _run_pulumi(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     if shutil.which("pulumi") is None:
         raise CliError(
             "the pulumi CLI was not found on PATH; install it (any 3.x) and log "
-            "in to the backend that holds the stack",
+            "in to the backend that stores the stack",
             EXIT_NO_STACK,
         )
     try:
@@ -109,6 +109,13 @@ def _raise_for(completed: subprocess.CompletedProcess, stack: str) -> None:
         raise CliError(
             "no Pulumi project here: run the command in the project directory, "
             "pass --cwd PROJECT_DIR, or pass --stack ORG/PROJECT/STACK",
+            EXIT_NO_STACK,
+        )
+    if "PULUMI_ACCESS_TOKEN" in message:
+        raise CliError(
+            f"not logged in to a Pulumi backend ({message}); run `pulumi login "
+            f"BACKEND_URL` or set PULUMI_BACKEND_URL to the backend that stores "
+            f"stack {stack!r}",
             EXIT_NO_STACK,
         )
     if any(fragment in message for fragment in SECRET_ERRORS):
