@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,9 @@ def probe(machine: Machine, timeout: float) -> str | None:
         return str(error)
     except TLSVerificationError as error:
         return f"TLS error: {error}"
+    except (ssl.SSLError, ValueError) as error:
+        # Raised while loading the certificates, before any connection.
+        return f"TLS error: the stack's certificates or key cannot be loaded: {error}"
     return None
 
 
