@@ -210,11 +210,18 @@ def test_config_flags_reach_daemon(stack, workstation):
     assert docker.stdout.strip() == stack.outputs()["machines"][MACHINE]["dockerVersion"]
 
 
+# The default live-check timeout (3 s) is too short for a daemon under
+# software emulation on a loaded test machine.
+PROBE_TIMEOUT = ["--timeout", "30"]
+
+
 def test_status_and_ls_live(stack, workstation):
-    status = run_tool(workstation, "status", "--stack", qualified(stack), MACHINE)
+    status = run_tool(
+        workstation, "status", *PROBE_TIMEOUT, "--stack", qualified(stack), MACHINE
+    )
     assert status.returncode == 0, status.stderr
     assert status.stdout.strip() == "Running"
-    listing = run_tool(workstation, "ls", "--stack", qualified(stack))
+    listing = run_tool(workstation, "ls", *PROBE_TIMEOUT, "--stack", qualified(stack))
     assert listing.returncode == 0, listing.stderr
     header, row = listing.stdout.splitlines()
     assert header.split()[:3] == ["NAME", "DRIVER", "STATE"]
