@@ -18,6 +18,8 @@ from provider.pki import IssuedCertificate
 from provider.progress import report
 from provider.sshsession import RemoteSession, SSHTarget, open_session
 
+REFRESH_CONNECT_ATTEMPTS = 3
+
 # Guessing a host's kind (a mistyped address reaching another machine) is
 # worse than a clear refusal, so the facts below must all hold.
 _SUPPORTED_HINT = (
@@ -235,8 +237,14 @@ async def _undo(
 
 
 async def observe_host(request: ConfigureRequest) -> dict[str, Any]:
-    """Return the configuration as the host has it now (for refresh)."""
-    async with open_session(request.target()) as session:
+    """Return the configuration as the host has it now (for refresh).
+
+    Refresh tries for a short while only: a host that is down is reported as
+    drift by the caller rather than waited for.
+    """
+    async with open_session(
+        request.target(), attempts=REFRESH_CONNECT_ATTEMPTS, deadline_seconds=30.0
+    ) as session:
         result = await session.run_script(
             remote_scripts.OBSERVE_ONLY_SCRIPT, "reading the Docker configuration"
         )

@@ -136,6 +136,12 @@ def release(address: str, cache_dir: Path | None = None) -> None:
     logger.info("released loopback address %s", address)
 
 
+def lease_of(address: str, cache_dir: Path | None = None) -> Lease | None:
+    """Return the lease in force on ``address``, or None."""
+    with _locked(cache_dir) as directory:
+        return _read_live_lease(directory, _validate_address(address))
+
+
 def list_leases(cache_dir: Path | None = None) -> list[Lease]:
     """Return the leases in force, skipping those whose process has exited."""
     with _locked(cache_dir) as directory:

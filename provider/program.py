@@ -119,6 +119,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
                 f"settings of the {other} driver on a machine whose driver is "
                 f"{driver!r}; set driver: {other}, or remove these settings",
             )
+    _check_engine_port_forwarded(entry, driver, where)
     return MachineSpec(
         # The name becomes part of resource names, so it is checked here.
         name=checks.check_machine_name(entry.get("name"), f"{where}.name"),
@@ -133,6 +134,21 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         state=entry.get("state"),
         options=entry.get(driver),
     )
+
+
+def _check_engine_port_forwarded(entry: dict[str, Any], driver: Any, where: str) -> None:
+    """Reject a qemu machine whose engine port QEMU would not forward."""
+    if driver != "qemu" or not isinstance(entry.get("qemu", {}), dict):
+        return
+    engine_port = entry.get("enginePort", 2376)
+    forwarded = entry.get("qemu", {}).get("forwardPorts", [2376])
+    if isinstance(forwarded, list) and engine_port not in forwarded:
+        raise InvalidInputError(
+            f"{where}.enginePort",
+            engine_port,
+            f"not among the ports QEMU forwards to the VM ({forwarded}); add it to "
+            f"{where}.qemu.forwardPorts",
+        )
 
 
 def parse_machines(entries: Any) -> list[MachineSpec]:

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,6 +72,15 @@ class VMConfig:
     docker_port: int = 2376
     # Name shown by `ps` and in QEMU's messages. Empty means pdm-<machine dir name>.
     name: str = ""
+    accelerator: str = "tcg"
+    # Size of the overlay disk in bytes; None keeps the size of the base image.
+    disk_size: int | None = None
+    # A cloud-init NoCloud seed image attached as a second drive, for images
+    # that boot with their own boot loader and take their key from cloud-init.
+    seed_image: Path | None = None
+    # Guest ports forwarded to the same port of ``address``. None forwards
+    # ``docker_port`` of ``address`` to the guest's 2376.
+    forward_ports: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,23 +126,26 @@ def kernel_command_line(authorized_key: str) -> str:
 def qemu_command(config: VMConfig) -> list[str]:
     """Return the qemu-system-x86_64 command line that boots ``config``."""
     machine_dir = config.machine_dir
-    forwards = (
-        f"hostfwd=tcp:{config.address}:{config.ssh_port}-:22,"
-        f"hostfwd=tcp:{config.address}:{config.docker_port}-:2376"
+    guest_ports = {config.docker_port: 2376}
+    if config.forward_ports is not None:
+        guest_ports = {port: port for port in config.forward_ports}
+    forwards = ",".join(
+        [f"hostfwd=tcp:{config.address}:{config.ssh_port}-:22"]
+        + [
+            f"hostfwd=tcp:{config.address}:{host_port}-:{guest_port}"
+            for host_port, guest_port in guest_ports.items()
+        ]
     )
-    return [
+    command = [
         QEMU_BINARY,
         "-name", config.name or f"pdm-{machine_dir.name}",
-        "-accel", "tcg",
+        "-accel", config.accelerator,
         "-m", str(config.memory_mb),
         "-smp", str(config.cpus),
         "-nodefaults",
         "-display", "none",
         "-serial", f"file:{machine_dir / CONSOLE_NAME}",
         "-qmp", f"unix:{machine_dir / QMP_NAME},server=on,wait=off",
-        "-kernel", str(config.image.kernel),
-        "-initrd", str(config.image.initrd),
-        "-append", kernel_command_line(config.authorized_key),
         "-drive", f"file={machine_dir / DISK_NAME},format=qcow2,if=virtio",
         "-netdev", f"user,id=net0,{forwards}",
         "-device", "virtio-net-pci,netdev=net0",
@@ -140,10 +153,23 @@ def qemu_command(config: VMConfig) -> list[str]:
         "-daemonize",
         "-pidfile", str(machine_dir / PIDFILE_NAME),
     ]  # fmt: skip
+    if config.image.kernel is not None:
+        command += [
+            "-kernel", str(config.image.kernel),
+            "-initrd", str(config.image.initrd),
+            "-append", kernel_command_line(config.authorized_key),
+        ]  # fmt: skip
+    if config.seed_image is not None:
+        command += ["-drive", f"file={config.seed_image},format=raw,if=virtio,readonly=on"]
+    return command
 
 
 def boot(
-    config: VMConfig, *, ssh_timeout: float = 300.0, ssh_attempts: int = 100
+    config: VMConfig,
+    *,
+    ssh_timeout: float = 300.0,
+    ssh_attempts: int = 100,
+    progress: Callable[[str], None] | None = None,
 ) -> VM:
     """Start the VM and wait for its SSH banner, removing what it made on failure."""
     config = _validated(config)
@@ -162,6 +188,7 @@ def boot(
             machine_dir=vm.machine_dir,
             timeout=ssh_timeout,
             attempts=ssh_attempts,
+            progress=progress,
         )
     except BaseException as error:
         _undo_boot(config.machine_dir, created_dir, created_disk, error)
@@ -186,7 +213,7 @@ def start(config: VMConfig) -> VM:
     machine_dir.mkdir(parents=True, exist_ok=True)
     disk = machine_dir / DISK_NAME
     if not disk.exists():
-        _create_overlay(config.image.path, disk)
+        _create_overlay(config.image.path, disk, config.image.format, config.disk_size)
 
     logger.info("starting VM %s on %s", machine_dir, config.address)
     completed = subprocess.run(
@@ -217,6 +244,7 @@ def wait_for_ssh(
     timeout: float = 300.0,
     attempts: int = 100,
     interval: float = 3.0,
+    progress: Callable[[str], None] | None = None,
 ) -> str:
     """Wait for an SSH server's banner on ``address:port`` and return the banner.
 
@@ -228,13 +256,13 @@ def wait_for_ssh(
         raise InvalidInputError("attempts", attempts, "must be at least 1")
     deadline = time.monotonic() + timeout
     for attempt in range(1, attempts + 1):
-        logger.info(
-            "waiting for SSH on %s:%d (attempt %d of %d)",
-            address,
-            port,
-            attempt,
-            attempts,
+        message = (
+            f"waiting for SSH on {address}:{port} (attempt {attempt} of {attempts}, "
+            f"{max(0.0, deadline - time.monotonic()):.0f} s left)"
         )
+        logger.info("%s", message)
+        if progress is not None and (attempt == 1 or attempt % 5 == 0):
+            progress(message)
         banner = _read_ssh_banner(address, port, deadline)
         if banner:
             return banner
@@ -344,7 +372,8 @@ def _validated(config: VMConfig) -> VMConfig:
             f"too long for the QMP socket path {socket_path} (unix socket paths "
             f"hold {_MAX_UNIX_SOCKET_PATH} bytes): choose a shorter directory",
         )
-    kernel_command_line(config.authorized_key)
+    if config.image.kernel is not None:
+        kernel_command_line(config.authorized_key)
     return replace(config, machine_dir=machine_dir)
 
 
@@ -359,9 +388,13 @@ def _require_loopback(address: str) -> None:
         )
 
 
-def _create_overlay(base: Path, disk: Path) -> None:
-    command = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw"]
+def _create_overlay(
+    base: Path, disk: Path, base_format: str = "raw", size: int | None = None
+) -> None:
+    command = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format]
     command += ["-b", str(base), str(disk)]
+    if size is not None:
+        command.append(str(size))
     completed = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if completed.returncode != 0:
         raise VMBootError(

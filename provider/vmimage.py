@@ -179,12 +179,17 @@ class ImageBuildError(DockerMachineError):
 
 @dataclass(frozen=True)
 class BaseImage:
-    """A cached VM image with the kernel and initrd it boots with."""
+    """A VM image and the kernel and initrd it boots with.
+
+    The project's image boots a kernel given by QEMU; an image a user brings
+    has no ``kernel`` and boots with its own boot loader.
+    """
 
     path: Path
-    kernel: Path
-    initrd: Path
+    kernel: Path | None
+    initrd: Path | None
     kernel_version: str
+    format: str = "raw"
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,16 @@ def recipe_hash(kernel_version: str) -> str:
     }
     encoded = json.dumps(recipe, sort_keys=True).encode()
     return hashlib.sha256(encoded).hexdigest()
+
+
+def cached_image(cache_dir: Path | None = None) -> BaseImage | None:
+    """Return the image of the current recipe if it is built already, else None."""
+    kernel = find_kernel()
+    name = f"debian12-{recipe_hash(kernel.version)[:16]}"
+    image_path = (cache_dir or cache_root()) / "images" / f"{name}.raw"
+    if not image_path.is_file():
+        return None
+    return BaseImage(image_path, kernel.vmlinuz, kernel.initrd, kernel.version)
 
 
 def ensure_image(cache_dir: Path | None = None, mirror: str | None = None) -> BaseImage:

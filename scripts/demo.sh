@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The demo: boot a local Debian VM, run `pulumi up` on the demo stack, which
-# makes the VM's Docker daemon listen on tcp 2376 with mutual TLS, and print
-# the line that points a shell's docker client at it.
+# The demo: `pulumi up` on the demo stack (Pulumi.demo.yaml), whose one
+# machine is a Debian VM on this workstation made by the qemu driver; Pulumi
+# boots it, makes its Docker daemon listen on tcp 2376 with mutual TLS, and
+# the script prints the line that points a shell's docker client at it.
 #
-#   scripts/demo.sh           set up, boot the VM, pulumi up, print the eval line
+#   scripts/demo.sh           set up, pulumi up, print the eval line
 #   scripts/demo.sh env       print the DOCKER_* exports of the demo machine
 #                             (extra flags go to `pulumi-docker-machine env`)
-#   scripts/demo.sh destroy   pulumi destroy, then power the VM off
+#   scripts/demo.sh destroy   pulumi destroy: removes the VM, its disk and address
 #
 # State lives in a local file backend under ~/.cache/pulumi-docker-machine/demo.
 # PULUMI_CONFIG_PASSPHRASE protects the stack's secrets; the demo sets a fixed
@@ -30,7 +31,6 @@ print_env() {
 
 case "${1:-up}" in
 up)
-    python3 -m scripts.demo_vm up
     pulumi stack select --create "$stack" --non-interactive >/dev/null
     pulumi up --yes --non-interactive --stack "$stack"
     echo
@@ -49,7 +49,6 @@ destroy)
     if pulumi stack select "$stack" --non-interactive 2>/dev/null; then
         pulumi destroy --yes --non-interactive --stack "$stack"
     fi
-    python3 -m scripts.demo_vm down
     ;;
 *)
     echo "usage: scripts/demo.sh [up|env|destroy]" >&2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.harness.pulumi_cli import PulumiStack
@@ -30,3 +32,12 @@ def stack_factory(tmp_path_factory):
 # The session-wide test VM (about 30 s to boot), shared by the tests that do
 # not need a fresh host.
 from tests.harness.vm import shared_vm  # noqa: E402,F401
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# `timeout` and CI runners stop a run with SIGTERM. As a KeyboardInterrupt it
+# lets pytest run the fixtures' teardown, which powers off the test VMs.
+signal.signal(signal.SIGTERM, _interrupt_on_sigterm)

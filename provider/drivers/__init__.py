@@ -18,12 +18,13 @@ from provider.errors import InvalidInputError
 
 DRIVER_MODULES = {
     "generic": "provider.drivers.generic",
+    "qemu": "provider.drivers.qemu",
 }
 STATES = ("running", "stopped")
 
 
 class Driver:
-    """What ``Host`` asks of a driver; the defaults suit a machine it does not own."""
+    """The operations ``Host`` calls on a driver. The defaults suit a machine the driver does not own."""
 
     name = ""
     # Settings accepted in ``options``; anything else is rejected by check.
@@ -33,8 +34,11 @@ class Driver:
     # Entries of ``options`` whose change makes another machine.
     replace_on_options: tuple[str, ...] = ()
 
-    def check(self, inputs: dict[str, Any]) -> list[CheckFailure]:
-        """Check the driver's own settings; ``inputs`` passed the shared checks."""
+    def check(self, inputs: dict[str, Any], olds: dict[str, Any]) -> list[CheckFailure]:
+        """Check the driver's own settings; ``inputs`` passed the shared checks.
+
+        ``olds`` are the inputs of the previous run, empty on a first create.
+        """
         return []
 
     def replaces(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
@@ -65,7 +69,7 @@ class Driver:
 
 
 def unknown_options(driver: Driver, options: Any) -> list[CheckFailure]:
-    """Reject an ``options`` value that is no mapping or holds unknown names."""
+    """Reject an ``options`` value that is not a mapping or contains unknown names."""
     if options is None:
         return []
     if not isinstance(options, dict):

@@ -20,30 +20,38 @@ def _os_name(os_release: str) -> str:
     return "unknown"
 
 
-async def _log_in(target: SSHTarget) -> tuple[str, str]:
+async def _log_in(target: SSHTarget, setup_script: str | None) -> tuple[str, str]:
     async with open_session(target) as session:
         result = await session.run_script(
             "cat /etc/os-release 2>/dev/null || true\n",
             "reading /etc/os-release",
             as_root=False,
         )
+        if setup_script:
+            await session.run_script(setup_script, "preparing the machine")
         return session.host_key, _os_name(result.stdout)
 
 
 def log_in(
-    address: str, port: int, user: str, private_key: str, host_key: str | None
+    address: str,
+    port: int,
+    user: str,
+    private_key: str,
+    host_key: str | None,
+    setup_script: str | None = None,
 ) -> tuple[str, str]:
     """Log in once; return the host key the server presented and the OS name.
 
-    With ``host_key`` given, any other key presented is refused; without it,
-    the key presented is returned for the caller to record.
+    With ``host_key`` given, any other key presented is rejected. Without it,
+    the key presented is returned for the caller to record. ``setup_script``
+    runs as root on the same connection.
     """
     target = SSHTarget(
         host=address, port=port, user=user, private_key=private_key, host_key=host_key
     )
     step = "checking its host key" if host_key else "recording its host key"
     report(f"logging in to {target.label}, {step}")
-    presented, os_name = run_async(_log_in(target))
+    presented, os_name = run_async(_log_in(target, setup_script))
     report(f"{target.label} runs {os_name}; host key {host_key_fingerprint(presented)}")
     return presented, os_name
 

@@ -27,7 +27,7 @@ class GenericDriver(Driver):
     # A different address or port is a different machine.
     replace_on = ("driver", "address", "ssh_port")
 
-    def check(self, inputs: dict[str, Any]) -> list[CheckFailure]:
+    def check(self, inputs: dict[str, Any], olds: dict[str, Any]) -> list[CheckFailure]:
         failures = []
         if inputs.get("address") is None:
             failures.append(

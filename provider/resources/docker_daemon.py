@@ -125,6 +125,8 @@ def _needs_new_server_certificate(olds: dict[str, Any], news: dict[str, Any]) ->
 
 def _has_drifted(olds: dict[str, Any]) -> bool:
     """Tell whether refresh saw the host differ from what was applied."""
+    if olds.get("unreachable"):
+        return True
     applied = olds.get("applied")
     return bool(applied) and bool(describe_drift(applied, olds.get("observed") or {}))
 
@@ -200,9 +202,19 @@ class DockerDaemonConfigProvider(ResourceProvider):
         if props.get("host_state") == "stopped":
             # A stopped machine keeps its settings on disk; nothing to read now.
             return ReadResult(id_, props)
-        observed = run_async(observe_host(_request(props)))
+        try:
+            observed = run_async(observe_host(_request(props)))
+        except SSHConnectError as error:
+            # A machine that is down (a VM killed by hand, an instance
+            # stopped outside Pulumi) is drift, not a failed refresh: the
+            # next `pulumi up` configures it again once its Host is running.
+            message = f"the host did not answer over SSH: {error}"
+            report(f"{props['machine_name']}: {message}")
+            return ReadResult(id_, {**props, "unreachable": message, "drift": [message]})
         drift = describe_drift(props.get("applied") or {}, observed)
-        return ReadResult(id_, {**props, "observed": observed, "drift": drift})
+        return ReadResult(
+            id_, {**props, "observed": observed, "drift": drift, "unreachable": None}
+        )
 
     @short_errors
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -239,6 +251,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
             server_sans=_server_sans(props),
             tls_verify="1",
             drift=[],
+            unreachable=None,
         )
         return outputs
 

@@ -55,7 +55,7 @@ def _check_state(value: Any) -> str:
 class HostProvider(ResourceProvider):
     """Dispatches each operation to the driver the Host names."""
 
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         inputs, failures = run_checks(
             news,
             [
@@ -75,10 +75,14 @@ class HostProvider(ResourceProvider):
         options = inputs.get("options")
         option_failures = unknown_options(driver, options)
         if not option_failures and not is_unknown(options):
-            option_failures = driver.check(inputs)
+            option_failures = driver.check(inputs, olds or {})
         return CheckResult(inputs, failures + option_failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # ``olds`` are the outputs, where state is what the machine was last
+        # seen in; an unset state input means running.
+        olds = {**olds, "state": olds.get("state") or "running"}
+        news = {**news, "state": news.get("state") or "running"}
         changes = changed_keys(olds, news, INPUTS)
         if olds.get("driver") != news.get("driver"):
             return DiffResult(changes=True, replaces=["driver"])

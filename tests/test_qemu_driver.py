@@ -1,0 +1,190 @@
+"""The qemu driver through the real ``pulumi`` CLI: a VM made, used and removed.
+
+The lifecycle tests run in file order on one stack with one VM. They cover
+create, the docker client through the exported variables, and power off and
+on in place. Then the VM is killed by hand, refresh shows it and `pulumi up`
+brings it back, and destroy must leave no process, disk, directory or address
+lease behind. The bad-input test runs `pulumi preview` only and must leave
+nothing at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from provider import loopback, qemu
+from tests.harness.netguard import check_dialable
+
+pytestmark = pytest.mark.vm
+
+NAME = "qvm"
+
+
+def qemu_machine(name=NAME, **settings):
+    """Return a ``machines`` entry for a qemu machine with small settings."""
+    entry = {"name": name, "driver": "qemu", "qemu": {"cpus": 1, "memory": 1024}}
+    entry["qemu"].update(settings.pop("qemu", {}))
+    entry.update(settings)
+    return entry
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    """A stack with one qemu machine; destroyed at the end if a test left it."""
+    stack = stack_factory()
+    stack.write_config([qemu_machine()])
+    yield stack
+    if stack.resources():
+        stack.destroy(check=False)
+
+
+def outputs_of(stack):
+    return stack.outputs()["machines"][NAME]
+
+
+def host_details(stack):
+    """Return the ``details`` output of the machine's Host from the state."""
+    for resource in stack.resources():
+        if resource["urn"].endswith(f"::{NAME}-host"):
+            return resource["outputs"]["details"]
+    raise AssertionError(f"no Host {NAME}-host in the state")
+
+
+def docker(outputs, *args):
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "DOCKER_HOST": outputs["DOCKER_HOST"],
+        "DOCKER_TLS_VERIFY": outputs["DOCKER_TLS_VERIFY"],
+        "DOCKER_CERT_PATH": outputs["DOCKER_CERT_PATH"],
+    }
+    return subprocess.run(
+        ["docker", *args], env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+def assert_docker_answers(outputs):
+    check_dialable(outputs["address"])
+    completed = docker(outputs, "version", "--format", "{{.Server.Version}}")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == outputs["dockerVersion"]
+
+
+def test_up_creates_reachable_vm(stack):
+    stack.up()
+    outputs = outputs_of(stack)
+    assert outputs["driver"] == "qemu"
+    assert outputs["state"] == "running"
+    assert outputs["DOCKER_HOST"] == f"tcp://{outputs['address']}:2376"
+    machine_dir = Path(host_details(stack)["machineDir"])
+    assert (machine_dir / qemu.DISK_NAME).is_file()
+    assert qemu.is_running(machine_dir)
+    # The address is leased to this machine alone.
+    lease = loopback.lease_of(outputs["address"])
+    assert lease is not None and str(machine_dir) in lease.holder
+    # The generated SSH key is a secret output, absent from the plain outputs.
+    secrets = stack.outputs(show_secrets=True)["machineSecrets"][NAME]
+    assert "PRIVATE KEY" in secrets["sshPrivateKey"]
+    assert "PRIVATE KEY" not in str(stack.outputs())
+    assert_docker_answers(outputs)
+
+
+def test_noop_up_changes_nothing(stack):
+    stack.up("--expect-no-changes")
+
+
+def test_stop_start_keeps_address(stack):
+    before = outputs_of(stack)
+    machine_dir = Path(host_details(stack)["machineDir"])
+
+    stack.write_config([qemu_machine(state="stopped")])
+    stack.up()
+    stopped = outputs_of(stack)
+    assert stopped["state"] == "stopped"
+    assert not qemu.is_running(machine_dir)
+    assert (machine_dir / qemu.DISK_NAME).is_file()
+
+    stack.write_config([qemu_machine()])
+    stack.up()
+    after = outputs_of(stack)
+    assert after["state"] == "running"
+    for key in ("address", "DOCKER_HOST", "sshHostKey", "serverCertNotAfter"):
+        assert after[key] == before[key], key
+    # The certificate directory written by the first up still works.
+    assert after["DOCKER_CERT_PATH"] == before["DOCKER_CERT_PATH"]
+    assert_docker_answers(after)
+
+
+def test_refresh_after_kill_then_up(stack):
+    machine_dir = Path(host_details(stack)["machineDir"])
+    pid = qemu.read_pid(machine_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while qemu.is_running(machine_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not qemu.is_running(machine_dir)
+
+    # Refresh does not run the program, so the resources' state shows it.
+    stack.refresh("--skip-preview")
+    states = {
+        resource["urn"].rsplit("::", 1)[1]: resource["outputs"]
+        for resource in stack.resources()
+    }
+    assert states[f"{NAME}-host"]["state"] == "stopped"
+    assert states[f"{NAME}-docker"]["drift"], "refresh must report the host as down"
+
+    stack.up()
+    outputs = outputs_of(stack)
+    assert outputs["state"] == "running"
+    assert qemu.is_running(machine_dir)
+    assert_docker_answers(outputs)
+
+
+def test_destroy_leaves_nothing(stack):
+    outputs = outputs_of(stack)
+    machine_dir = Path(host_details(stack)["machineDir"])
+    pid = qemu.read_pid(machine_dir)
+    stack.destroy()
+    assert stack.resources() == []
+    assert not machine_dir.exists()
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert loopback.lease_of(outputs["address"]) is None
+    assert not Path(outputs["DOCKER_CERT_PATH"]).exists()
+
+
+def test_bad_settings_rejected_at_preview(stack_factory):
+    leased = loopback.take("127.100.0.250", holder="a test holding this address")
+    try:
+        stack = stack_factory()
+        stack.write_config(
+            [
+                qemu_machine("noimage", qemu={"image": "/nonexistent/disk.qcow2"}),
+                qemu_machine("tiny", qemu={"memory": 128}),
+                qemu_machine("wide", qemu={"cpus": (os.cpu_count() or 1) + 1}),
+                qemu_machine("clash", address=leased.address),
+                qemu_machine("shrunk", qemu={"diskSize": 1}),
+            ]
+        )
+        completed = stack.preview(check=False)
+    finally:
+        loopback.release(leased.address)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0
+    expected = [
+        "invalid qemu.image '/nonexistent/disk.qcow2': no such file",
+        "invalid qemu.memory 128: too small: give at least 512",
+        f"invalid qemu.cpus {(os.cpu_count() or 1) + 1}: must be a whole number from 1 to",
+        "invalid address '127.100.0.250': already leased to a test holding this address",
+        "invalid qemu.diskSize 1: smaller than the image",
+    ]
+    for message in expected:
+        assert message in output, f"{message!r} not in:\n{output[-4000:]}"
+    assert not (stack.machines_home / "vms").exists()
+    assert stack.resources() == []
