@@ -273,7 +273,7 @@ def test_context_create_then_update(stack, workstation):
     "args,env,code,fragment",
     [
         (["env", "--shell", "bash", "nosuch"], {}, 5, "'nosuch' not found"),
-        (["ip", "nosuch"], {}, 5, "'shared'"),
+        (["ip", "nosuch"], {}, 5, "its machines are shared"),
         (["env", "--shell", "nushell", MACHINE], {}, 2, "invalid shell 'nushell'"),
         (["env", "--shell", "bash", MACHINE], {"PULUMI_CONFIG_PASSPHRASE": "wrong"}, 6,
          "PULUMI_CONFIG_PASSPHRASE"),

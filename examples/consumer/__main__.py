@@ -47,6 +47,20 @@ def write_private(path: str, text: str) -> None:
         handle.write(text)
 
 
+class StackCAClient(docker.APIClient):
+    """A docker API client that verifies the daemon with the given CA file only.
+
+    requests replaces a session's CA file with ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE`` when either is set, and then the daemon's certificate,
+    signed by the machine stack's own CA, fails verification.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings["verify"] = self.verify
+        return settings
+
+
 def daemon_info(args: list) -> dict | None:
     """Return a summary of the daemon's ``docker info``, over mutual TLS."""
     machine, key_pem = args
@@ -62,7 +76,7 @@ def daemon_info(args: list) -> dict | None:
         tls = docker.tls.TLSConfig(
             client_cert=(paths["cert"], paths["key"]), ca_cert=paths["ca"], verify=True
         )
-        client = docker.DockerClient(
+        client = StackCAClient(
             base_url=machine["DOCKER_HOST"], tls=tls, version="auto", timeout=30
         )
         try:
