@@ -50,9 +50,10 @@ def write_private(path: str, text: str) -> None:
 class StackCAClient(docker.APIClient):
     """A docker API client that verifies the daemon with the given CA file only.
 
-    requests replaces a session's CA file with ``REQUESTS_CA_BUNDLE`` or
-    ``CURL_CA_BUNDLE`` when either is set, and then the daemon's certificate,
-    signed by the machine stack's own CA, fails verification.
+    In requests (seen in 2.34.2, ``Session.merge_environment_settings``) a set
+    ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` replaces the session's CA
+    file. The daemon's certificate, signed by the machine stack's own CA, then
+    fails verification.
     """
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
