@@ -62,9 +62,15 @@ def _write_private(path: str, text: str) -> None:
         handle.write(text)
 
 
-def _get(address: str, port: int, path: str, context: ssl.SSLContext) -> bytes:
+def _get(
+    address: str,
+    port: int,
+    path: str,
+    context: ssl.SSLContext,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
+) -> bytes:
     connection = http.client.HTTPSConnection(
-        address, port, context=context, timeout=REQUEST_TIMEOUT_SECONDS
+        address, port, context=context, timeout=timeout
     )
     try:
         connection.request("GET", path, headers={"Connection": "close"})
@@ -80,7 +86,12 @@ def _get(address: str, port: int, path: str, context: ssl.SSLContext) -> bytes:
     return body
 
 
-def _classify(error: BaseException, address: str, port: int) -> Exception:
+def _classify(
+    error: BaseException,
+    address: str,
+    port: int,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
+) -> Exception:
     url = docker_host_url(address, port)
     if isinstance(error, (ssl.SSLEOFError, ConnectionResetError)):
         # Closed before any TLS alert: nothing listens behind a forwarder or
@@ -105,7 +116,7 @@ def _classify(error: BaseException, address: str, port: int) -> Exception:
     if isinstance(error, (TimeoutError, socket.timeout)):
         return DaemonUnreachableError(
             f"network error: {url} timed out after "
-            f"{REQUEST_TIMEOUT_SECONDS:.0f} s; check that port {port} is open "
+            f"{timeout:g} s; check that port {port} is open "
             f"between this machine and the host"
         )
     return DaemonUnreachableError(
@@ -115,15 +126,24 @@ def _classify(error: BaseException, address: str, port: int) -> Exception:
 
 
 def fetch_version(
-    address: str, port: int, ca_cert_pem: str, client_cert_pem: str, client_key_pem: str
+    address: str,
+    port: int,
+    ca_cert_pem: str,
+    client_cert_pem: str,
+    client_key_pem: str,
+    *,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
 ) -> dict:
-    """Return the daemon's ``/version`` document after a ``/_ping``, over mTLS."""
+    """Return the daemon's ``/version`` document after a ``/_ping``, over mTLS.
+
+    ``timeout`` applies to each socket operation, in seconds.
+    """
     with client_context(ca_cert_pem, client_cert_pem, client_key_pem) as context:
         try:
-            ping = _get(address, port, "/_ping", context)
-            version = _get(address, port, "/version", context)
+            ping = _get(address, port, "/_ping", context, timeout)
+            version = _get(address, port, "/version", context, timeout)
         except (OSError, ssl.SSLError, http.client.HTTPException) as error:
-            raise _classify(error, address, port) from error
+            raise _classify(error, address, port, timeout) from error
     if ping.strip() != b"OK":
         raise TLSVerificationError(f"/_ping returned {ping[:100]!r}, expected OK")
     return json.loads(version)

@@ -6,6 +6,7 @@
 #
 #   scripts/demo.sh           set up, pulumi up, print the eval line
 #   scripts/demo.sh env       print the DOCKER_* exports of the demo machine
+#                             (extra flags go to `pulumi-docker-machine env`)
 #   scripts/demo.sh destroy   pulumi destroy: removes the VM, its disk and address
 #
 # State lives in a local file backend under ~/.cache/pulumi-docker-machine/demo.
@@ -25,14 +26,7 @@ export PULUMI_CONFIG_PASSPHRASE=${PULUMI_CONFIG_PASSPHRASE:-pulumi-docker-machin
 cd "$project_dir"
 
 print_env() {
-    pulumi stack output machines --json --stack "$stack" | python3 -c '
-import json, shlex, sys
-machine = json.load(sys.stdin)["demo"]
-for name in ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME"):
-    print(f"export {name}={shlex.quote(str(machine[name]))}")
-print("# Run this command to configure your shell:")
-print("# eval \"$(scripts/demo.sh env)\"")
-'
+    pulumi-docker-machine env --stack "$stack" "$@" demo
 }
 
 case "${1:-up}" in
@@ -48,7 +42,8 @@ up)
     echo "Tear it down with: scripts/demo.sh destroy"
     ;;
 env)
-    print_env
+    shift
+    print_env "$@"
     ;;
 destroy)
     if pulumi stack select "$stack" --non-interactive 2>/dev/null; then

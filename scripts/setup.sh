@@ -13,6 +13,7 @@ log() { echo "setup: $*" >&2; }
 debian_packages=(
     qemu-system-x86 qemu-utils debootstrap openssh-client docker.io
     linux-image-amd64 iproute2 e2fsprogs systemd-container
+    zsh fish tcsh    # the tests evaluate `env` output in each shell
 )
 
 missing=()
@@ -38,6 +39,15 @@ if [[ ! -x $venv/bin/python || $(cat "$stamp" 2>/dev/null) != "$wanted" ]]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$project_dir/requirements.txt" >&2
     echo "$wanted" > "$stamp"
+fi
+
+# The project itself, editable, for the pulumi-docker-machine command. Its
+# dependencies are the pinned ones installed above; pip fetches setuptools
+# for the build.
+if [[ ! -x $venv/bin/pulumi-docker-machine ]]; then
+    log "installing the pulumi-docker-machine command into .venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+        -e "$project_dir" >&2
 fi
 
 engine_bin=$("$project_dir/scripts/install-engine.sh")

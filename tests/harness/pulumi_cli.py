@@ -48,13 +48,19 @@ class PulumiStack:
     """A stack of this project on a private local backend."""
 
     def __init__(
-        self, workdir: Path, name: str | None = None, project_dir: Path = PROJECT_DIR
+        self,
+        workdir: Path,
+        name: str | None = None,
+        *,
+        project_dir: Path = PROJECT_DIR,
+        backend_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         if shutil.which("pulumi") is None:
             raise RuntimeError("pulumi not on PATH: run the tests through scripts/test.sh")
         self.name = name or f"test-{uuid.uuid4().hex[:8]}"
-        self.project_dir = project_dir
         self.workdir = workdir
+        self.project_dir = project_dir
         self.backend_dir = workdir / "backend"
         self.config_file = workdir / f"Pulumi.{self.name}.yaml"
         self.machines_home = workdir / "machines-home"
@@ -62,12 +68,13 @@ class PulumiStack:
             directory.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
-            "PULUMI_BACKEND_URL": f"file://{self.backend_dir}",
+            "PULUMI_BACKEND_URL": backend_url or f"file://{self.backend_dir}",
             "PULUMI_HOME": str(workdir / "pulumi-home"),
             "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
             "PULUMI_DOCKER_MACHINE_HOME": str(self.machines_home),
+            **(extra_env or {}),
         }
         self.run("stack", "init", self.name, stack_flag=False)
         # stack init writes the passphrase's salt into Pulumi.<stack>.yaml in
@@ -76,6 +83,11 @@ class PulumiStack:
         self.base_config = yaml.safe_load(created.read_text()) if created.exists() else {}
         created.unlink(missing_ok=True)
         self.config_file.write_text(yaml.safe_dump(self.base_config or {}))
+
+    def write_raw_config(self, config: dict[str, Any]) -> None:
+        """Write the stack configuration file with fully qualified keys."""
+        document = {**(self.base_config or {}), "config": config}
+        self.config_file.write_text(yaml.safe_dump(document))
 
     def write_config(self, machines: list[dict[str, Any]], **extra: Any) -> None:
         """Write the stack configuration file with ``machines`` and extras."""

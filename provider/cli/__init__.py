@@ -1,0 +1,1 @@
+"""The ``pulumi-docker-machine`` command-line tool: docker-machine habits on stack outputs."""

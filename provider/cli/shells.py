@@ -1,0 +1,209 @@
+"""The ``env`` syntax of each supported shell: set, unset, and the hint line.
+
+Pure functions with no I/O. Every value is quoted for its shell, so paths with
+spaces, quotes, backslashes or Windows drive letters survive ``eval``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+SHELLS = ("bash", "sh", "zsh", "fish", "powershell", "cmd", "tcsh", "emacs")
+
+# Login shells named in $SHELL that use another shell's syntax.
+SHELL_ALIASES = {"csh": "tcsh", "pwsh": "powershell", "ksh": "sh", "dash": "sh"}
+
+
+class UnsupportedShellError(ValueError):
+    """A shell name that has no syntax here, or a value it cannot express."""
+
+
+def detect_shell(environ: Mapping[str, str], os_name: str = os.name) -> str:
+    """Return the shell whose syntax ``env`` prints, from the environment.
+
+    ``$SHELL`` decides on POSIX systems. On Windows, where ``$SHELL`` is
+    usually unset, a set ``PSModulePath`` means PowerShell and otherwise cmd.
+    """
+    login_shell = environ.get("SHELL", "")
+    if login_shell:
+        name = os.path.basename(login_shell.rstrip("/"))
+        if name.endswith(".exe"):
+            name = name[: -len(".exe")]
+        name = SHELL_ALIASES.get(name, name)
+        if name in SHELLS:
+            return name
+        raise UnsupportedShellError(
+            f"cannot tell the syntax of shell {login_shell!r} from $SHELL; "
+            f"choose one with --shell ({', '.join(SHELLS)})"
+        )
+    if os_name == "nt":
+        return "powershell" if "PSModulePath" in environ else "cmd"
+    raise UnsupportedShellError(
+        f"$SHELL is not set; choose the syntax with --shell ({', '.join(SHELLS)})"
+    )
+
+
+def check_shell(name: str) -> str:
+    """Return the canonical name of ``name``, or raise naming the choices."""
+    canonical = SHELL_ALIASES.get(name, name)
+    if canonical not in SHELLS:
+        raise UnsupportedShellError(
+            f"invalid shell {name!r}: use one of {', '.join(SHELLS)}"
+        )
+    return canonical
+
+
+def quote_posix(value: str) -> str:
+    """Quote for sh, bash and zsh: single quotes, with ``'`` as ``'\\''``."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def quote_fish(value: str) -> str:
+    """Quote for fish: inside single quotes only ``\\`` and ``'`` are escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def quote_powershell(value: str) -> str:
+    """Quote for PowerShell: a literal string, with ``'`` doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_tcsh(value: str) -> str:
+    """Quote for tcsh: single quotes, except ``!`` (history) and ``'``."""
+    if "\n" in value:
+        raise UnsupportedShellError(
+            f"tcsh cannot take a newline inside a value: {value!r}"
+        )
+    return "'" + value.replace("'", "'\\''").replace("!", "\\!") + "'"
+
+
+def quote_elisp(value: str) -> str:
+    """Quote as an Emacs Lisp string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_cmd_value(name: str, value: str) -> str:
+    """Return ``value`` if cmd's ``SET "NAME=VALUE"`` keeps it intact.
+
+    Inside the quotes cmd takes spaces, ``&``, ``|``, ``<``, ``>`` and ``^``
+    literally, but it still expands ``%VAR%`` and cannot contain ``"``.
+    """
+    for character in ('"', "%", "\n", "\r"):
+        if character in value:
+            raise UnsupportedShellError(
+                f"cmd cannot set {name} to {value!r}, which contains "
+                f"{character!r}; use --shell powershell instead"
+            )
+    return value
+
+
+def render_set(shell: str, name: str, value: str) -> str:
+    """Return the line that sets environment variable ``name`` to ``value``."""
+    if shell in ("bash", "sh", "zsh"):
+        return f"export {name}={quote_posix(value)}"
+    if shell == "fish":
+        return f"set -gx {name} {quote_fish(value)};"
+    if shell == "powershell":
+        return f"$Env:{name} = {quote_powershell(value)}"
+    if shell == "cmd":
+        return f'SET "{name}={check_cmd_value(name, value)}"'
+    if shell == "tcsh":
+        return f"setenv {name} {quote_tcsh(value)};"
+    if shell == "emacs":
+        return f"(setenv {quote_elisp(name)} {quote_elisp(value)})"
+    raise UnsupportedShellError(f"invalid shell {shell!r}")
+
+
+def render_unset(shell: str, name: str) -> str:
+    """Return the line that removes environment variable ``name``."""
+    if shell in ("bash", "sh", "zsh"):
+        return f"unset {name}"
+    if shell == "fish":
+        return f"set -e {name};"
+    if shell == "powershell":
+        return f"Remove-Item Env:\\{name} -ErrorAction SilentlyContinue"
+    if shell == "cmd":
+        return f"SET {name}="
+    if shell == "tcsh":
+        return f"unsetenv {name};"
+    if shell == "emacs":
+        return f"(setenv {quote_elisp(name)} nil)"
+    raise UnsupportedShellError(f"invalid shell {shell!r}")
+
+
+def render_hint(shell: str, command: Sequence[str]) -> list[str]:
+    """Return the closing comment lines that show how to apply the output."""
+    line = " ".join(_quote_argument(shell, argument) for argument in command)
+    if shell == "fish":
+        usage = f"{line} | source"
+    elif shell == "powershell":
+        usage = f"& {line} | Invoke-Expression"
+    elif shell == "cmd":
+        usage = f"@FOR /f \"tokens=*\" %i IN ('{line}') DO @%i"
+    elif shell == "tcsh":
+        # Double quotes keep runs of spaces inside values intact.
+        usage = f"eval \"`{line}`\""
+    elif shell == "emacs":
+        # The Lisp reader needs the command as a string literal.
+        usage = (
+            f"(with-temp-buffer (shell-command {quote_elisp(line)} t) "
+            f"(eval-buffer))"
+        )
+    else:
+        usage = f'eval "$({line})"'
+    marker = {"cmd": "REM", "emacs": ";;"}.get(shell, "#")
+    target = "Emacs" if shell == "emacs" else "your shell"
+    return [
+        f"{marker} Run this command to apply these settings to {target}:",
+        f"{marker} {usage}",
+    ]
+
+
+def _quote_argument(shell: str, argument: str) -> str:
+    plain = argument and all(c.isalnum() or c in "-_./:=@+," for c in argument)
+    if plain:
+        return argument
+    if shell == "powershell":
+        return quote_powershell(argument)
+    if shell in ("cmd", "emacs"):
+        return f'"{argument}"'
+    return quote_posix(argument)
+
+
+def merge_no_proxy(current: Sequence[str], host: str, remove: bool = False) -> str:
+    """Return a ``no_proxy`` list with ``host`` added once, or taken out.
+
+    ``current`` holds the raw values of ``NO_PROXY`` and ``no_proxy``; their
+    entries are joined in order, without duplicates or empty entries.
+    """
+    entries: list[str] = []
+    for raw in current:
+        for entry in raw.split(","):
+            entry = entry.strip()
+            if entry and entry not in entries:
+                entries.append(entry)
+    if remove:
+        entries = [entry for entry in entries if entry != host]
+    elif host not in entries:
+        entries.append(host)
+    return ",".join(entries)
+
+
+def render_env(
+    shell: str,
+    variables: Mapping[str, str | None],
+    hint_command: Sequence[str],
+) -> str:
+    """Return the whole ``env`` output: one line per variable, then the hint.
+
+    A variable whose value is ``None`` is unset.
+    """
+    lines = []
+    for name, value in variables.items():
+        if value is None:
+            lines.append(render_unset(shell, name))
+        else:
+            lines.append(render_set(shell, name, value))
+    lines.extend(render_hint(shell, hint_command))
+    return "\n".join(lines) + "\n"
