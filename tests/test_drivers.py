@@ -172,3 +172,20 @@ def test_seed_installs_the_key_for_the_user(tmp_path, user):
     assert ("sudo" in account) is (user != "root")
     meta = yaml.safe_load(read_iso_file(seed, "meta-data"))
     assert meta == {"instance-id": "pdm-m", "local-hostname": "m"}
+
+
+def test_qemu_diff_ignores_values_the_driver_chose():
+    olds = {
+        "driver": "qemu", "machine_name": "m", "address": "127.100.1.9", "ssh_port": 22,
+        "ssh_user": "root", "ssh_private_key": KEY, "state": "running", "options": {},
+    }  # fmt: skip
+    news = {**olds, "address": None, "ssh_private_key": None, "state": None}
+    result = HostProvider().diff("qemu:x", olds, news)
+    assert not result.changes
+    assert not result.replaces
+
+
+def test_qemu_diff_replaces_on_a_set_address():
+    olds = {"driver": "qemu", "machine_name": "m", "address": "127.100.1.9", "ssh_port": 22}
+    news = {**olds, "address": "127.100.0.9"}
+    assert HostProvider().diff("qemu:x", olds, news).replaces == ["address"]

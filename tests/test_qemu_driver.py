@@ -28,7 +28,8 @@ NAME = "qvm"
 
 def qemu_machine(name=NAME, **settings):
     """Return a ``machines`` entry for a qemu machine with small settings."""
-    entry = {"name": name, "driver": "qemu", "qemu": {"cpus": 1, "memory": 1024}}
+    # A generous SSH deadline: a boot under emulation on a busy machine is slow.
+    entry = {"name": name, "driver": "qemu", "qemu": {"cpus": 1, "memory": 1024, "sshTimeout": 1200}}
     entry["qemu"].update(settings.pop("qemu", {}))
     entry.update(settings)
     return entry

@@ -25,7 +25,10 @@ STATES = ("running", "stopped")
 
 
 class Driver:
-    """The operations ``Host`` calls on a driver. The defaults suit a machine the driver does not own."""
+    """The operations ``Host`` calls on a driver.
+
+    The defaults suit a machine the driver does not own.
+    """
 
     name = ""
     # Settings accepted in ``options``; anything else is rejected by check.
@@ -42,9 +45,19 @@ class Driver:
         """
         return []
 
+    # Host inputs the driver fills in when the user leaves them unset: the
+    # output then holds the value the driver chose, so only a value the user
+    # sets counts as a change.
+    filled_inputs: tuple[str, ...] = ()
+
+    def _differs(self, key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool:
+        if key in self.filled_inputs and news.get(key) is None:
+            return False
+        return olds.get(key) != news.get(key)
+
     def replaces(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
         """Name the inputs whose change replaces the machine."""
-        replaces = [key for key in self.replace_on if olds.get(key) != news.get(key)]
+        replaces = [key for key in self.replace_on if self._differs(key, olds, news)]
         old_options = olds.get("options") or {}
         new_options = news.get("options") or {}
         if any(old_options.get(k) != new_options.get(k) for k in self.replace_on_options):
@@ -55,7 +68,7 @@ class Driver:
         self, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]
     ) -> list[str]:
         """Name the inputs among ``keys`` that differ; ``olds`` are the outputs."""
-        return [key for key in keys if olds.get(key) != news.get(key)]
+        return [key for key in keys if self._differs(key, olds, news)]
 
     def create(self, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Make (or take over) the machine; return its id and the outputs."""

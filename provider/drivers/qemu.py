@@ -185,6 +185,7 @@ class QemuDriver(Driver):
         {"cpus", "memory", "diskSize", "image", "accelerator", "forwardPorts", "sshTimeout"}
     )
     replace_on = ("driver", "address", "ssh_port", "machine_name")
+    filled_inputs = ("address", "ssh_private_key")
     replace_on_options = ("image", "diskSize")
 
     def check(self, inputs: dict[str, Any], olds: dict[str, Any]) -> list[CheckFailure]:
