@@ -297,5 +297,7 @@ def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
 @pytest.fixture(scope="session")
 def shared_vm() -> Iterator[TestVM]:
     """Boot one VM for the whole test session and stop it at the end."""
-    with TestVM() as vm:
+    # A boot takes one to two minutes on an idle 2-core machine and several
+    # times that when other VMs share the cores, so the waits are generous.
+    with TestVM(ssh_timeout=900.0, docker_timeout=600.0) as vm:
         yield vm
