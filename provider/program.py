@@ -31,7 +31,17 @@ MACHINE_KEYS = {
     "extraSans",
     "enginePort",
     "state",
+    "install",
     *DRIVER_MODULES,
+}
+# Stack configuration names of the install settings -> DockerDaemonConfig's.
+INSTALL_KEYS = {
+    "method": "method",
+    "version": "version",
+    "scriptUrl": "script_url",
+    "scriptSha256": "script_sha256",
+    "packageSource": "package_source",
+    "waitTimeout": "wait_timeout",
 }
 CERT_AUTHORITY_KEYS = {"algorithm", "validityDays", "clientValidityDays", "commonName"}
 
@@ -51,6 +61,7 @@ class MachineSpec:
     engine_port: Any
     state: Any = None
     options: Any = None
+    install: Any = None
 
 
 def _read_key_file(path_text: str, where: str) -> str:
@@ -87,6 +98,24 @@ def _private_key(entry: dict[str, Any], where: str, driver: Any) -> str | None:
             f"'{where}.sshPrivateKey' < KEYFILE",
         )
     return inline if inline else _read_key_file(key_file, where)
+
+
+def _install_settings(settings: Any, where: str) -> dict[str, Any] | None:
+    """Map a machine's ``install`` settings to the DockerDaemonConfig input."""
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise InvalidInputError(
+            f"{where}.install", settings, "must be a mapping such as {method: package}"
+        )
+    unknown = sorted(set(settings) - set(INSTALL_KEYS))
+    if unknown:
+        raise InvalidInputError(
+            f"{where}.install.{unknown[0]}",
+            settings[unknown[0]],
+            f"unknown install setting; use {', '.join(INSTALL_KEYS)}",
+        )
+    return {INSTALL_KEYS[key]: value for key, value in settings.items()}
 
 
 def parse_machine(entry: Any, index: int) -> MachineSpec:
@@ -132,6 +161,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         engine_port=entry.get("enginePort", 2376),
         state=entry.get("state"),
         options=entry.get(driver),
+        install=_install_settings(entry.get("install"), where),
     )
 
 
@@ -213,6 +243,7 @@ def declare_machine(
         extra_sans=machine.extra_sans,
         engine_port=machine.engine_port,
         cert_path=str(directory),
+        install=machine.install,
     )
     # Written once the daemon is configured, from the outputs other stacks read.
     cert_path = pulumi.Output.all(

@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from provider import certdir, checks, pki
+from provider import certdir, checks, engine_install, pki
 from provider.configure import (
     ConfigureRequest,
     configure_host,
@@ -44,7 +44,14 @@ from provider.resources.base import (
 
 # Inputs that need work on the host when they change. A new host key is
 # there too: it usually means the machine was rebuilt and lost its settings.
-APPLY_INPUTS = ("extra_sans", "engine_port", "ca_cert_pem", "ca_key_pem", "host_key")
+APPLY_INPUTS = (
+    "extra_sans",
+    "engine_port",
+    "ca_cert_pem",
+    "ca_key_pem",
+    "host_key",
+    "install",
+)
 # Inputs used only to reach the host or to check the listener.
 ACCESS_INPUTS = (
     "machine_name",
@@ -97,6 +104,7 @@ def _request(props: dict[str, Any]) -> ConfigureRequest:
         ca_cert_pem=props["ca_cert_pem"],
         client_cert_pem=props["client_cert_pem"],
         client_key_pem=props["client_key_pem"],
+        install=props.get("install"),
     )
 
 
@@ -146,6 +154,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
                     lambda v: checks.check_validity_days(v, "server_validity_days"),
                 ),
                 ("ca_cert_pem", _check_ca_cert),
+                ("install", engine_install.check_install),
             ],
         )
         failures += _port_clash(inputs, failures)
@@ -267,6 +276,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
         engine_port: pulumi.Input[int] = DEFAULT_ENGINE_PORT,
         server_validity_days: pulumi.Input[int] = DEFAULT_SERVER_VALIDITY_DAYS,
         cert_path: pulumi.Input[str] | None = None,
+        install: pulumi.Input[dict] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -285,6 +295,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "engine_port": engine_port,
             "server_validity_days": server_validity_days,
             "cert_path": cert_path,
+            "install": install,
             "docker_host": None,
             "tls_verify": None,
             "docker_version": None,
