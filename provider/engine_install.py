@@ -297,7 +297,7 @@ async def wait_until_ready(
         f"{name}: {session.target.host} was still busy after "
         f"{settings.wait_timeout} s: waiting for {'; '.join(pending)}. Let that "
         f"finish (or stop it) and run `pulumi up` again, or raise "
-        f"install.waitTimeout"
+        f"install.waitTimeout (the input install.wait_timeout)"
     )
 
 
@@ -414,8 +414,8 @@ async def prepare_host(
     if reason is None:
         return None
 
-    wanted = f"Docker {settings.version}" if settings.version else "Docker"
-    report(f"{name}: {reason}; installing {wanted} with method {settings.method}")
+    requested = f"Docker {settings.version}" if settings.version else "Docker"
+    report(f"{name}: {reason}; installing {requested} with method {settings.method}")
     await session.run_script(
         install_scripts.PACKAGE_SOURCE_SCRIPT,
         "setting the extra package source",

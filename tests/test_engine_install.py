@@ -42,8 +42,8 @@ TRIXIE = "deb http://deb.debian.org/debian trixie main"
 )
 def test_check_install_accepts(value, expected):
     settings = check_install(value)
-    for key, wanted in expected.items():
-        assert settings[key] == wanted, key
+    for key, value in expected.items():
+        assert settings[key] == value, key
 
 
 @pytest.mark.parametrize(
