@@ -33,6 +33,9 @@ TRIXIE_SOURCE = f"deb {MIRROR} trixie main"
 TRIXIE_VERSION = "26.1.5+dfsg1-9+deb13u1+b1"
 LOCK = install_scripts.PACKAGE_LOCKS[0]
 LOCK_SECONDS = 45
+# An install under software emulation on a busy machine can outlast the
+# harness's default of 600 s for one pulumi command.
+UP_TIMEOUT_SECONDS = 1500
 
 # A real install of the requested version, in the shape of Docker's
 # convenience script: it reads the version from VERSION.
@@ -123,6 +126,18 @@ def run_in_vm(vm, command, timeout=120.0):
     return stdout
 
 
+def up(stack, check=True):
+    """Run ``pulumi up`` with the time limit of an install."""
+    return stack.run(
+        "up",
+        "--yes",
+        "--config-file",
+        str(stack.config_file),
+        check=check,
+        timeout=UP_TIMEOUT_SECONDS,
+    )
+
+
 def docker_env(outputs):
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -165,7 +180,7 @@ def test_package_install_waits_for_lock(fresh_vm, stack, bookworm_version):
     stack.write_config([machine_config(fresh_vm, NAME, install=install)])
     hold_dpkg_lock(fresh_vm)
 
-    result = stack.up()
+    result = up(stack)
 
     assert f"waiting for {LOCK} held by pid" in result.stdout
     assert "(perl)" in result.stdout
@@ -182,7 +197,7 @@ def test_pinned_package_version_installed(fresh_vm, stack, bookworm_version):
 
 
 def test_noop_up_installs_nothing(fresh_vm, stack):
-    result = stack.up()
+    result = up(stack)
     assert "installing" not in result.stdout
     assert "4 unchanged" in result.stdout
 
@@ -205,7 +220,7 @@ def test_script_upgrade_keeps_container(fresh_vm, stack, script_server):
     }
     stack.write_config([machine_config(fresh_vm, NAME, install=install)])
 
-    result = stack.up()
+    result = up(stack)
 
     assert script_server.requests == [503, 200]
     assert "download failed, retrying in" in result.stdout
@@ -222,7 +237,7 @@ def test_wait_deadline_names_lock(fresh_vm, stack, bookworm_version):
     stack.write_config([machine_config(fresh_vm, NAME, install=install)])
     hold_dpkg_lock(fresh_vm)
     try:
-        result = stack.up(check=False)
+        result = up(stack, check=False)
     finally:
         fresh_vm.run("systemctl stop pdm-lock-holder")
     output = result.stdout + result.stderr
