@@ -253,8 +253,9 @@ def image_symlinks(with_docker: bool = True) -> dict[str, str]:
 def recipe_hash(kernel_version: str, with_docker: bool = True) -> str:
     """Return the SHA-256 of everything that decides the image's contents.
 
-    The image with Docker hashes the same keys as before the variant without
-    Docker existed, so its cached copy stays valid.
+    The variant without Docker differs only in its packages and unit links,
+    and the recipe has no variant key, so the default image's hash does not
+    depend on the variant.
     """
     recipe = {
         "revision": RECIPE_REVISION,

@@ -85,7 +85,9 @@ class ScriptHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def fresh_vm():
     """A VM booted from the image without Docker."""
-    with TestVM(cpus=1, with_docker=False) as vm:
+    # Boots take longer than the harness default allows when other VMs
+    # share the machine's cores.
+    with TestVM(cpus=1, with_docker=False, ssh_timeout=900.0) as vm:
         yield vm
 
 
