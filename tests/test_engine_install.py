@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from provider import engine_install, install_scripts
+from provider import engine_install, install_scripts, vmimage
 from provider.engine_install import InstallSettings, check_install
 from provider.errors import InvalidInputError
 from provider.program import parse_machine
@@ -222,3 +222,11 @@ def test_wait_probe_sees_dpkg_lock():
     held = parse_emitted(busy.stdout)
     assert held[f"lock:{install_scripts.PACKAGE_LOCKS[0]}"] == f"{holder.pid}(perl) "
     assert not any(key.startswith("lock:") for key in parse_emitted(free.stdout))
+
+
+def test_image_variant_drops_docker():
+    assert "docker.io" not in vmimage.image_packages(with_docker=False)
+    assert vmimage.image_packages() == vmimage.PACKAGES
+    links = vmimage.image_symlinks(with_docker=False)
+    assert not any("docker" in link for link in links)
+    assert vmimage.recipe_hash("6.1.0-1", with_docker=False) != vmimage.recipe_hash("6.1.0-1")

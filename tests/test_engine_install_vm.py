@@ -34,7 +34,7 @@ TRIXIE_VERSION = "26.1.5+dfsg1-9+deb13u1+b1"
 LOCK = install_scripts.PACKAGE_LOCKS[0]
 LOCK_SECONDS = 45
 # An install under software emulation can outlast the harness's default of
-# 600 s for one pulumi command. With the machine's 2 cores shared by 8 VMs,
+# 600 s for one pulumi command: with 2 cores shared by 8 VMs,
 # the docker.io package install alone took more than 25 minutes.
 UP_TIMEOUT_SECONDS = 3600
 
