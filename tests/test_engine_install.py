@@ -6,8 +6,11 @@ process that takes it the way dpkg does (an fcntl write lock).
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -230,3 +233,77 @@ def test_image_variant_drops_docker():
     links = vmimage.image_symlinks(with_docker=False)
     assert not any("docker" in link for link in links)
     assert vmimage.recipe_hash("6.1.0-1", with_docker=False) != vmimage.recipe_hash("6.1.0-1")
+
+
+_HARMLESS_SCRIPT = b'echo "install script ran with VERSION=$VERSION"\n'
+
+
+class _StatusServer(http.server.ThreadingHTTPServer):
+    """Serves _HARMLESS_SCRIPT on 127.0.0.1 with the HTTP status a test sets."""
+
+    status = 200
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _StatusHandler)
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", str(len(_HARMLESS_SCRIPT)))
+        self.end_headers()
+        self.wfile.write(_HARMLESS_SCRIPT)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def status_server():
+    server = _StatusServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+GOOD_SHA = hashlib.sha256(_HARMLESS_SCRIPT).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "status, sha256, exit_status",
+    [
+        pytest.param(503, GOOD_SHA, install_scripts.EXIT_TRANSIENT, id="http-503"),
+        pytest.param(429, GOOD_SHA, install_scripts.EXIT_TRANSIENT, id="http-429"),
+        pytest.param(404, GOOD_SHA, 1, id="http-404"),
+        pytest.param(200, "0" * 64, install_scripts.EXIT_CHECKSUM, id="checksum"),
+        pytest.param(200, GOOD_SHA, 0, id="runs"),
+    ],
+)
+def test_script_install_exit_status(status_server, status, sha256, exit_status):
+    status_server.status = status
+    url = f"http://127.0.0.1:{status_server.server_address[1]}/install.sh"
+    result = subprocess.run(
+        ["sh", "-s", "--", url, sha256, "1.2.3"],
+        input=install_scripts.SCRIPT_INSTALL_SCRIPT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == exit_status, result.stderr
+    if exit_status == 0:
+        assert "install script ran with VERSION=1.2.3" in result.stdout
+
+
+def test_script_install_refused_connection():
+    # Port 9 (discard) on loopback, where test machines run no service.
+    result = subprocess.run(
+        ["sh", "-s", "--", "http://127.0.0.1:9/install.sh", "", ""],
+        input=install_scripts.SCRIPT_INSTALL_SCRIPT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == install_scripts.EXIT_TRANSIENT
+    assert "curl exit status 7" in result.stderr
