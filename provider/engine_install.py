@@ -184,6 +184,8 @@ def _check_combination(settings: dict[str, Any]) -> None:
 def check_install(value: Any) -> dict[str, Any]:
     """Check the ``install`` input; return it with the defaults filled in.
 
+    Settings that do not apply (script_url for method package) are left out.
+
     Raises InvalidInputError naming the first invalid setting.
     """
     if not isinstance(value, dict):
@@ -211,7 +213,9 @@ def check_install(value: Any) -> dict[str, Any]:
     if settings["wait_timeout"] is None:
         settings["wait_timeout"] = DEFAULT_WAIT_TIMEOUT_SECONDS
     settings["wait_timeout"] = _check_wait_timeout(settings["wait_timeout"])
-    return settings
+    # The engine drops keys whose value is None from stored outputs, so an
+    # input that kept them would never equal the stored one and always diff.
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def version_matches(requested: str, installed: str) -> bool:

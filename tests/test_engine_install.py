@@ -28,7 +28,7 @@ TRIXIE = "deb http://deb.debian.org/debian trixie main"
     "value, expected",
     [
         pytest.param({}, {"method": "script", "script_url": "https://get.docker.com"}, id="defaults"),
-        pytest.param({"method": "package"}, {"method": "package", "script_url": None}, id="package"),
+        pytest.param({"method": "package"}, {"method": "package"}, id="package"),
         pytest.param(
             {"method": "package", "version": "26.1.5+dfsg1-9+deb13u1+b1", "package_source": TRIXIE},
             {"version": "26.1.5+dfsg1-9+deb13u1+b1", "package_source": TRIXIE},
@@ -47,6 +47,7 @@ def test_check_install_accepts(value, expected):
     settings = check_install(value)
     for key, value in expected.items():
         assert settings[key] == value, key
+    assert None not in settings.values()
 
 
 @pytest.mark.parametrize(
