@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
-from provider import daemon_config, engine_options, remote_scripts, restart_failure, tlsprobe
+from provider import daemon_config, engine_install, engine_options, remote_scripts, restart_failure, tlsprobe
 from provider.errors import DockerMachineError, HostNotSupportedError, InvalidInputError
 from provider.pki import IssuedCertificate
 from provider.progress import report
@@ -45,6 +45,7 @@ class ConfigureRequest:
     # The checked ``engine`` input and the Host's driver, for the labels.
     engine: dict[str, Any] = dataclasses.field(default_factory=dict)
     driver: str = "generic"
+    install: dict[str, Any] | None = None
 
     def target(self) -> SSHTarget:
         """Return the SSH login for this machine."""
@@ -104,7 +105,8 @@ def _check_facts(session: RemoteSession, name: str, facts: dict[str, str]) -> No
     if not facts.get("dockerd") or not facts.get("unit"):
         raise HostNotSupportedError(
             f"{name}: Docker is not installed on {host} (no dockerd or no "
-            f"docker.service unit); {_SUPPORTED_HINT}"
+            f"docker.service unit); {_SUPPORTED_HINT}, or set install.method "
+            f"to package or script to install it"
         )
 
 
@@ -263,8 +265,13 @@ async def configure_host(
     """
     report(f"{request.machine_name}: connecting to {request.target().label}")
     async with open_session(request.target()) as session:
+        # Nothing of the TLS settings is on the host yet, so a failure here
+        # has nothing to undo.
+        installed = await engine_install.prepare_host(
+            session, request.machine_name, request.install
+        )
         try:
-            return await _place_and_verify(
+            outputs = await _place_and_verify(
                 session, request, server, restore_on_failure=not undo_on_failure
             )
         except DockerMachineError as error:
@@ -273,6 +280,12 @@ async def configure_host(
             ):
                 await _undo(session, request, error)
             raise
+    if installed and outputs["docker_version"] != installed:
+        raise engine_install.EngineInstallError(
+            f"{request.machine_name}: Docker {installed} was installed but "
+            f"{request.docker_host} reports version {outputs['docker_version']}"
+        )
+    return outputs
 
 
 async def _restore_previous(

@@ -35,6 +35,7 @@ MACHINE_KEYS = {
     "rotateServerCert",
     "engine",
     "state",
+    "install",
     *DRIVER_MODULES,
 }
 
@@ -55,6 +56,15 @@ MACHINE_KEYS = {
 # but an up after such a move has not been tested.
 MACHINES_PER_PROVIDER = 4
 MAX_PROVIDER_PROCESSES = 8
+# Stack configuration names of the install settings -> DockerDaemonConfig's.
+INSTALL_KEYS = {
+    "method": "method",
+    "version": "version",
+    "scriptUrl": "script_url",
+    "scriptSha256": "script_sha256",
+    "packageSource": "package_source",
+    "waitTimeout": "wait_timeout",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +84,7 @@ class MachineSpec:
     options: Any = None
     rotate_server_cert: Any = None
     engine: Any = None
+    install: Any = None
 
 
 def _read_key_file(path_text: str, where: str) -> str:
@@ -110,6 +121,24 @@ def _private_key(entry: dict[str, Any], where: str, driver: Any) -> str | None:
             f"'{where}.sshPrivateKey' < KEYFILE",
         )
     return inline if inline else _read_key_file(key_file, where)
+
+
+def _install_settings(settings: Any, where: str) -> dict[str, Any] | None:
+    """Map a machine's ``install`` settings to the DockerDaemonConfig input."""
+    if settings is None:
+        return None
+    if not isinstance(settings, dict):
+        raise InvalidInputError(
+            f"{where}.install", settings, "must be a mapping such as {method: package}"
+        )
+    unknown = sorted(set(settings) - set(INSTALL_KEYS))
+    if unknown:
+        raise InvalidInputError(
+            f"{where}.install.{unknown[0]}",
+            settings[unknown[0]],
+            f"unknown install setting; use {', '.join(INSTALL_KEYS)}",
+        )
+    return {INSTALL_KEYS[key]: value for key, value in settings.items()}
 
 
 def parse_machine(entry: Any, index: int) -> MachineSpec:
@@ -158,6 +187,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         options=entry.get(driver),
         rotate_server_cert=entry.get("rotateServerCert"),
         engine=entry.get("engine"),
+        install=_install_settings(entry.get("install"), where),
     )
 
 
@@ -258,6 +288,7 @@ def declare_machine(
         cert_path=str(directory),
         rotate_server_cert=machine.rotate_server_cert,
         opts=opts,
+        install=machine.install,
     )
     # Written once the daemon is configured, from the outputs other stacks read.
     cert_path = pulumi.Output.all(

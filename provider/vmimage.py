@@ -169,6 +169,13 @@ SYMLINKS = {
         "/lib/systemd/system/docker.socket"
     ),
 }
+# The variant without Docker, for tests that install it: the same recipe less
+# the docker.io package and the links that enable its units.
+DOCKER_PACKAGES = ("docker.io",)
+DOCKER_SYMLINKS = (
+    "/etc/systemd/system/multi-user.target.wants/docker.service",
+    "/etc/systemd/system/sockets.target.wants/docker.socket",
+)
 # Per-machine state that debootstrap creates and no two VMs may share.
 REMOVED_GLOBS = ("etc/ssh/ssh_host_*", "var/lib/dbus/machine-id")
 
@@ -234,15 +241,34 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(number) for number in re.findall(r"\d+", version))
 
 
-def recipe_hash(kernel_version: str) -> str:
-    """Return the SHA-256 of everything that decides the image's contents."""
+def image_packages(with_docker: bool = True) -> tuple[str, ...]:
+    """Return the packages debootstrap installs into the image."""
+    if with_docker:
+        return PACKAGES
+    return tuple(name for name in PACKAGES if name not in DOCKER_PACKAGES)
+
+
+def image_symlinks(with_docker: bool = True) -> dict[str, str]:
+    """Return the unit links of the image (link inside it to target)."""
+    if with_docker:
+        return SYMLINKS
+    return {link: target for link, target in SYMLINKS.items() if link not in DOCKER_SYMLINKS}
+
+
+def recipe_hash(kernel_version: str, with_docker: bool = True) -> str:
+    """Return the SHA-256 of everything that decides the image's contents.
+
+    The variant without Docker differs only in its packages and unit links,
+    and the recipe has no variant key, so the default image's hash does not
+    depend on the variant.
+    """
     recipe = {
         "revision": RECIPE_REVISION,
         "suite": SUITE,
         "variant": VARIANT,
-        "packages": PACKAGES,
+        "packages": image_packages(with_docker),
         "files": [[f.path, f.content, f.mode] for f in FILES],
-        "symlinks": SYMLINKS,
+        "symlinks": image_symlinks(with_docker),
         "removed": REMOVED_GLOBS,
         "kernel_version": kernel_version,
         "size": IMAGE_SIZE_BYTES,
@@ -251,26 +277,37 @@ def recipe_hash(kernel_version: str) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
+def _image_path(cache_dir: Path | None, kernel: Kernel, with_docker: bool) -> Path:
+    prefix = "debian12" if with_docker else "debian12-nodocker"
+    name = f"{prefix}-{recipe_hash(kernel.version, with_docker)[:16]}"
+    return (cache_dir or cache_root()) / "images" / f"{name}.raw"
+
+
 def cached_image(cache_dir: Path | None = None) -> BaseImage | None:
-    """Return the image of the current recipe if it is built already, else None."""
+    """Return the default image if it is built already, else None."""
     kernel = find_kernel()
-    name = f"debian12-{recipe_hash(kernel.version)[:16]}"
-    image_path = (cache_dir or cache_root()) / "images" / f"{name}.raw"
+    image_path = _image_path(cache_dir, kernel, with_docker=True)
     if not image_path.is_file():
         return None
     return BaseImage(image_path, kernel.vmlinuz, kernel.initrd, kernel.version)
 
 
-def ensure_image(cache_dir: Path | None = None, mirror: str | None = None) -> BaseImage:
+def ensure_image(
+    cache_dir: Path | None = None,
+    mirror: str | None = None,
+    *,
+    with_docker: bool = True,
+) -> BaseImage:
     """Return the cached image for the current recipe, building it when missing.
 
     ``mirror`` defaults to ``PDM_DEBIAN_MIRROR`` or Debian's CDN. A process that
     finds another one building the same image waits for it and reuses it.
+    ``with_docker=False`` gives the variant without Docker.
     """
     kernel = find_kernel()
-    images_dir = (cache_dir or cache_root()) / "images"
-    name = f"debian12-{recipe_hash(kernel.version)[:16]}"
-    image_path = images_dir / f"{name}.raw"
+    image_path = _image_path(cache_dir, kernel, with_docker)
+    images_dir = image_path.parent
+    name = image_path.stem
     result = BaseImage(image_path, kernel.vmlinuz, kernel.initrd, kernel.version)
     if image_path.is_file():
         logger.info("reusing the VM image %s", image_path)
@@ -285,7 +322,7 @@ def ensure_image(cache_dir: Path | None = None, mirror: str | None = None) -> Ba
         _check_build_prerequisites()
         _remove_stale_builds(images_dir, name)
         mirror = mirror or os.environ.get("PDM_DEBIAN_MIRROR") or DEFAULT_MIRROR
-        build_image(image_path, kernel, mirror)
+        build_image(image_path, kernel, mirror, with_docker=with_docker)
     return result
 
 
@@ -303,7 +340,9 @@ def _check_build_prerequisites() -> None:
             )
 
 
-def build_image(image_path: Path, kernel: Kernel, mirror: str) -> None:
+def build_image(
+    image_path: Path, kernel: Kernel, mirror: str, *, with_docker: bool = True
+) -> None:
     """Build the image at ``image_path``, renaming it into place when complete."""
     started = time.monotonic()
     work_dir = Path(
@@ -313,13 +352,13 @@ def build_image(image_path: Path, kernel: Kernel, mirror: str) -> None:
     partial = work_dir / image_path.name
     try:
         with _step(f"debootstrap {SUITE} from {mirror} into {root}"):
-            _debootstrap(root, mirror, work_dir / "debootstrap.log")
+            _debootstrap(root, mirror, work_dir / "debootstrap.log", with_docker)
 
         with _step(f"copying the modules of kernel {kernel.version} into the image"):
             _install_kernel_modules(root, kernel)
 
         with _step("configuring SSH, the network and Docker in the image"):
-            configure_root(root)
+            configure_root(root, with_docker)
 
         with _step(f"making a {IMAGE_SIZE_BYTES // 1024**3} GB ext4 file system"):
             _make_filesystem(root, partial)
@@ -340,8 +379,8 @@ def _step(description: str) -> Iterator[None]:
     logger.info("... done in %.0f s", time.monotonic() - started)
 
 
-def _debootstrap(root: Path, mirror: str, log_path: Path) -> None:
-    include = ",".join(PACKAGES)
+def _debootstrap(root: Path, mirror: str, log_path: Path, with_docker: bool) -> None:
+    include = ",".join(image_packages(with_docker))
     command = [
         "debootstrap",
         f"--variant={VARIANT}",
@@ -362,14 +401,14 @@ def _install_kernel_modules(root: Path, kernel: Kernel) -> None:
     )
 
 
-def configure_root(root: Path) -> None:
+def configure_root(root: Path, with_docker: bool = True) -> None:
     """Write the recipe's files and symlinks into ``root`` and remove host state."""
     for image_file in FILES:
         target = root / image_file.path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(image_file.content)
         target.chmod(image_file.mode)
-    for link, destination in SYMLINKS.items():
+    for link, destination in image_symlinks(with_docker).items():
         target = root / link.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink() or target.exists():
@@ -435,10 +474,10 @@ def _mounts_under(directory: Path) -> list[str]:
 
 
 def main() -> None:
-    """Build or reuse the image and print its path."""
+    """Build or reuse the image and print its path (``--no-docker``: the variant)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        image = ensure_image()
+        image = ensure_image(with_docker="--no-docker" not in sys.argv[1:])
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

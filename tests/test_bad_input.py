@@ -138,6 +138,20 @@ CASES = [
         ["/nonexistent/id_ed25519", "cannot be read"],
     ),
     (
+        "install-http-without-checksum",
+        lambda keys: [
+            machine(keys, install={"scriptUrl": "http://127.0.0.1:9/install.sh"})
+        ],
+        {},
+        ["invalid install.script_url", "http://127.0.0.1:9/install.sh", "script_sha256"],
+    ),
+    (
+        "install-unknown-setting",
+        lambda keys: [machine(keys, install={"methd": "package"})],
+        {},
+        ["machines[0].install.methd", "unknown install setting"],
+    ),
+    (
         "unknown-algorithm",
         lambda keys: [machine(keys)],
         {"certAuthority": {"algorithm": "dsa-1024"}},

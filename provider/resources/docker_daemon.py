@@ -24,7 +24,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from provider import certdir, checks, engine_options, expiry, operation_log, pki
+from provider import certdir, checks, engine_install, engine_options, expiry, operation_log, pki
 from provider.configure import (
     ConfigureRequest,
     configure_host,
@@ -53,6 +53,7 @@ APPLY_INPUTS = (
     "ca_key_pem",
     "host_key",
     "rotate_server_cert",
+    "install",
 )
 # Inputs used only to reach the host or to check the listener.
 ACCESS_INPUTS = (
@@ -114,6 +115,7 @@ def _request(props: dict[str, Any]) -> ConfigureRequest:
         client_key_pem=props["client_key_pem"],
         engine=props.get("engine") or {},
         driver=props.get("driver") or "generic",
+        install=props.get("install"),
     )
 
 
@@ -178,6 +180,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
                 ("rotate_server_cert", checks.check_rotate),
                 ("expiry_warning_days", expiry.check_warning_days),
                 ("engine", engine_options.check_engine),
+                ("install", engine_install.check_install),
             ],
         )
         failures += _port_clash(inputs, failures)
@@ -322,6 +325,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
         server_validity_days: pulumi.Input[int] = DEFAULT_SERVER_VALIDITY_DAYS,
         cert_path: pulumi.Input[str] | None = None,
         rotate_server_cert: pulumi.Input[str] | None = None,
+        install: pulumi.Input[dict] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -344,6 +348,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "cert_path": cert_path,
             "rotate_server_cert": rotate_server_cert,
             "expiry_warning_days": cert_authority.expiry_warning_days,
+            "install": install,
             "docker_host": None,
             "tls_verify": None,
             "docker_version": None,

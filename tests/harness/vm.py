@@ -61,13 +61,16 @@ class TestVM:
         ssh_timeout: float = 300.0,
         docker_timeout: float = 180.0,
         image: vmimage.BaseImage | None = None,
+        with_docker: bool = True,
     ) -> None:
+        """``with_docker=False`` boots the image without Docker and waits for SSH only."""
         self._requested_address = address
         self._memory_mb = memory_mb
         self._cpus = cpus
         self._ssh_timeout = ssh_timeout
         self._docker_timeout = docker_timeout
         self._image = image
+        self._with_docker = with_docker
         self._lease: loopback.Lease | None = None
         self._work_dir: Path | None = None
         self._registered = False
@@ -125,7 +128,9 @@ class TestVM:
         """Lease an address, boot the VM and wait for SSH and Docker."""
         started = time.monotonic()
         try:
-            self._image = self._image or vmimage.ensure_image()
+            self._image = self._image or vmimage.ensure_image(
+                with_docker=self._with_docker
+            )
             self._lease = self._lease_address()
             self._work_dir = Path(tempfile.mkdtemp(prefix="pdm-vm-"))
             self._write_key_pair()
@@ -134,8 +139,9 @@ class TestVM:
             self.vm = qemu.boot(self._config(), ssh_timeout=self._ssh_timeout)
             self.timings["ssh"] = time.monotonic() - started
 
-            self._wait_for_docker()
-            self.timings["docker"] = time.monotonic() - started
+            if self._with_docker:
+                self._wait_for_docker()
+                self.timings["docker"] = time.monotonic() - started
         except BaseException:
             self.close()
             raise
