@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -13,6 +14,37 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "engine: runs the real pulumi CLI")
     config.addinivalue_line("markers", "vm: boots or uses a QEMU test VM")
     config.addinivalue_line("markers", "lighthosts: starts systemd-nspawn light hosts")
+    config.addinivalue_line(
+        "markers", "slow: left out unless --run-slow or PDM_RUN_SLOW=1 (see the README)"
+    )
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (long waits, fresh VMs, apt installs)",
+    )
+
+
+def _is_slow(item) -> bool:
+    """Tell whether ``item`` is marked slow or uses a fixture its module lists as slow."""
+    if item.get_closest_marker("slow"):
+        return True
+    slow_fixtures = set(getattr(item.module, "SLOW_FIXTURES", ()))
+    if slow_fixtures & set(item.fixturenames):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(value in slow_fixtures for value in params.values() if isinstance(value, str))
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("PDM_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow or PDM_RUN_SLOW=1")
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,10 @@ from tests.harness.vm import TestVM
 
 pytestmark = pytest.mark.vm
 
+# Scenarios that wait out SSH deadlines (a frozen or powered-off host) or
+# skew the guest clock: several minutes each, so they run with --run-slow.
+SLOW_FIXTURES = ("clock_skew_run", "unreachable_destroy", "frozen_destroy_run", "powered_off_destroy_run")
+
 CLOSED_PORT = 1  # nothing listens on port 1 of a test VM's address
 HELD_ENGINE_PORT = 2399  # a second sshd listens there inside the VM
 NO_SUDO_USER = "pdm-nosudo"

@@ -188,7 +188,12 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changes = _changed_inputs(olds, news, INPUTS)
-        replaces = [key for key in changes if key in REPLACE_ON]
+        # During preview an updating Host's outputs are unknown (a qemu or EC2
+        # machine being stopped or started); only a known new address or port
+        # means another machine.
+        replaces = [
+            key for key in changes if key in REPLACE_ON and not is_unknown(news.get(key))
+        ]
         return DiffResult(
             changes=bool(changes) or _has_drifted(olds), replaces=replaces
         )
