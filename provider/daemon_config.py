@@ -55,9 +55,24 @@ def render_daemon_json(
 ) -> str:
     """Merge the engine and TLS settings over ``base`` (a pre-existing daemon.json)."""
     merged = dict(base)
-    merged.update(engine or {})
+    engine = dict(engine or {})
+    labels = engine.pop("labels", None)
+    merged.update(engine)
+    if labels is not None:
+        merged["labels"] = merge_labels(base.get("labels"), labels)
     merged.update(tls_settings(engine_port))
     return json.dumps(merged, indent=2, sort_keys=True) + "\n"
+
+
+def merge_labels(existing: object, labels: list[str]) -> list[str]:
+    """Add ``labels`` (``key=value``) to the host's own, replacing those of the same key."""
+    keys = {label.split("=", 1)[0] for label in labels}
+    kept = [
+        label
+        for label in (existing if isinstance(existing, list) else [])
+        if str(label).split("=", 1)[0] not in keys
+    ]
+    return kept + list(labels)
 
 
 def flag_conflicts(unit_text: str, keys: list[str]) -> list[str]:

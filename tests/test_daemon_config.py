@@ -213,3 +213,12 @@ def test_drift_in_replaced_certificate():
     files["/etc/docker/ca.pem"] = "0" * 64 + " 444 root:root"
     drift = remote_scripts.describe_drift(applied, {**applied, "files": files})
     assert drift == ["/etc/docker/ca.pem was replaced"]
+
+
+def test_engine_labels_added_to_host_labels():
+    base = {"labels": ["team=build", "provider=old"], "log-level": "warn"}
+    rendered = json.loads(
+        daemon_config.render_daemon_json(base, 2376, {"labels": ["provider=generic"]})
+    )
+    assert rendered["labels"] == ["team=build", "provider=generic"]
+    assert rendered["log-level"] == "warn"

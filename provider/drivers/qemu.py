@@ -277,7 +277,7 @@ class QemuDriver(Driver):
             host_key, os_name = log_in(
                 lease.address, int(props["ssh_port"]), props["ssh_user"], private_key,
                 props.get("pinned_host_key"),
-                setup_script=_grow_file_system_script(options, image),
+                setup_script=_first_boot_script(options, image),
             )  # fmt: skip
             state = "running"
             if props.get("state") == "stopped":
@@ -321,6 +321,7 @@ class QemuDriver(Driver):
             host_key, os_name = log_in(
                 olds["address"], int(olds["ssh_port"]), news["ssh_user"], private_key,
                 news.get("pinned_host_key") or olds["host_key"],
+                setup_script=WAIT_FOR_BOOT_SCRIPT,
             )  # fmt: skip
         return host_outputs(
             news, address=olds["address"], ssh_port=int(olds["ssh_port"]),
@@ -420,12 +421,19 @@ def _boot(
     qemu.boot(config, ssh_timeout=timeout, ssh_attempts=max(1, timeout // 3), progress=report)
 
 
-def _grow_file_system_script(options: dict[str, Any], image: vmimage.BaseImage) -> str | None:
-    """Return the script that grows the project image's root file system to the disk."""
+# sshd answers before the rest of the boot is done (dockerd among it); a
+# machine counts as up once systemd reports the boot finished.
+WAIT_FOR_BOOT_SCRIPT = (
+    "timeout 600 systemctl is-system-running --wait >/dev/null 2>&1 || true\n"
+)
+
+
+def _first_boot_script(options: dict[str, Any], image: vmimage.BaseImage) -> str:
+    """Return the script that finishes a first boot: wait for it, grow the file system."""
     if options.get("diskSize") is None or image.kernel is None:
         # Cloud images grow their root partition with cloud-init's growpart.
-        return None
-    return "resize2fs /dev/vda >/dev/null 2>&1 || resize2fs /dev/vda\n"
+        return WAIT_FOR_BOOT_SCRIPT
+    return WAIT_FOR_BOOT_SCRIPT + "resize2fs /dev/vda >/dev/null 2>&1 || resize2fs /dev/vda\n"
 
 
 def _remove_machine(machine_dir: Path, address: str, error: BaseException) -> None:
