@@ -183,7 +183,7 @@ def preview_output(stack_factory, machine):
 
 def test_bad_settings_rejected_at_preview(stack_factory):
     # The engine stops at the first resource whose check fails, so each
-    # preview holds one machine; its settings are all checked at once.
+    # preview contains one machine. All its settings are checked at once.
     cpus = (os.cpu_count() or 1) + 1
     output = preview_output(
         stack_factory,

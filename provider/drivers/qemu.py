@@ -421,8 +421,8 @@ def _boot(
     qemu.boot(config, ssh_timeout=timeout, ssh_attempts=max(1, timeout // 3), progress=report)
 
 
-# sshd answers before the rest of the boot is done (dockerd among it); a
-# machine counts as up once systemd reports the boot finished.
+# sshd accepts logins before the rest of the boot is done (dockerd among
+# it), so a machine counts as up once systemd reports the boot finished.
 WAIT_FOR_BOOT_SCRIPT = (
     "timeout 600 systemctl is-system-running --wait >/dev/null 2>&1 || true\n"
 )
