@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The demo: `pulumi up` on the demo stack (Pulumi.demo.yaml), whose one
-# machine is a Debian VM on this workstation made by the qemu driver; Pulumi
-# boots it, makes its Docker daemon listen on tcp 2376 with mutual TLS, and
-# the script prints the line that points a shell's docker client at it.
+# The demo: `pulumi up` on the demo stack (Pulumi.demo.yaml). Its one machine
+# is a Debian VM on this workstation, made by the qemu driver. Pulumi boots
+# it and makes its Docker daemon listen on tcp 2376 with mutual TLS. The
+# script then prints the line that points a shell's docker client at it.
 #
 #   scripts/demo.sh           set up, pulumi up, print the eval line
 #   scripts/demo.sh env       print the DOCKER_* exports of the demo machine

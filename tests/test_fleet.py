@@ -71,8 +71,8 @@ def operation_lines(stack):
     return stack.operation_log.read_text().splitlines()
 
 
-# TODO: a configure opens 5 SSH sessions since the cloud-init and apt lock
-# probe runs before the facts step; the limit this test checks is 4.
+# TODO: a configure opens 5 SSH sessions because the cloud-init and apt lock
+# probe has a session of its own. This test checks the limit of 4.
 @pytest.mark.xfail(reason="a configure opens 5 SSH sessions, one over the limit of 4")
 def test_create_configures_side_by_side(fleet, stack):
     activity = ssh_activity(fleet, lambda: stack.up("--parallel", PARALLEL))
@@ -143,8 +143,8 @@ def test_refresh_opens_one_connection_per_host(fleet, stack):
         assert counted.sessions == 1, (address, counted)
 
 
-# TODO: a configure opens 5 SSH sessions since the cloud-init and apt lock
-# probe runs before the facts step; the limit this test checks is 4.
+# TODO: a configure opens 5 SSH sessions because the cloud-init and apt lock
+# probe has a session of its own. This test checks the limit of 4.
 @pytest.mark.xfail(reason="a configure opens 5 SSH sessions, one over the limit of 4")
 def test_update_opens_one_connection_per_host(fleet, stack):
     stack.write_config(machine_entries(fleet, extraSans=["fleet.test"]))

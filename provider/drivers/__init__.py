@@ -45,9 +45,9 @@ class Driver:
         """
         return []
 
-    # Host inputs the driver fills in when the user leaves them unset: the
-    # output then holds the value the driver chose, so only a value the user
-    # sets counts as a change.
+    # Host inputs the driver fills in when the user leaves them unset. The
+    # output then contains the value the driver chose, so only a value the
+    # user sets counts as a change.
     filled_inputs: tuple[str, ...] = ()
 
     def _differs(self, key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool:

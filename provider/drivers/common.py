@@ -48,7 +48,7 @@ def log_in(
     With ``host_key`` given, any other key presented is rejected. Without it,
     the key presented is returned for the caller to record. ``setup_script``
     runs as root on the same connection. ``deadline_seconds`` bounds the wait
-    for SSH to answer (a machine still booting), in place of the default of
+    for SSH to respond (a machine still booting), in place of the default of
     :func:`provider.sshsession.connect`.
     """
     target = SSHTarget(

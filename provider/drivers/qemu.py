@@ -263,6 +263,7 @@ class QemuDriver(Driver):
             public_key = _public_key_line(private_key, name)
         else:
             private_key, public_key = generate_ssh_key(f"pulumi-docker-machine {name}")
+
         image = _base_image(options)
         ports = _forwarded_ports(props)
         lease = _lease(props.get("address"), ports, name, machine_dir)
@@ -271,6 +272,7 @@ class QemuDriver(Driver):
             "image": str(image.path),
             "publicKey": public_key,
         }
+
         try:
             machine_dir.mkdir(mode=0o700, parents=True)
             _boot(props, details, lease.address, public_key, image)
@@ -287,6 +289,7 @@ class QemuDriver(Driver):
         except BaseException as error:
             _remove_machine(machine_dir, lease.address, error)
             raise
+
         outputs = host_outputs(
             props, address=lease.address, ssh_port=int(props["ssh_port"]),
             ssh_private_key=private_key, host_key=host_key, os_name=os_name,
@@ -304,6 +307,7 @@ class QemuDriver(Driver):
         boot_settings = ("cpus", "memory", "accelerator", "forwardPorts")
         reboot = any(old_options.get(k) != new_options.get(k) for k in boot_settings)
         requested_state = news.get("state") or "running"
+
         private_key = olds["ssh_private_key"]
         if news.get("ssh_private_key") and news["ssh_private_key"] != private_key:
             raise InvalidInputError(
@@ -311,9 +315,11 @@ class QemuDriver(Driver):
                 "cannot change on a qemu machine, whose key was installed at its "
                 "first boot; replace the machine to change it",
             )  # fmt: skip
+
         if qemu.is_running(machine_dir) and (requested_state == "stopped" or reboot):
             report(f"powering off {news['machine_name']}")
             qemu.stop(machine_dir)
+
         host_key, os_name = olds["host_key"], olds.get("os")
         if requested_state == "running" and not qemu.is_running(machine_dir):
             _boot(news, details, olds["address"], details["publicKey"])
@@ -323,6 +329,7 @@ class QemuDriver(Driver):
                 news.get("pinned_host_key") or olds["host_key"],
                 setup_script=WAIT_FOR_BOOT_SCRIPT,
             )  # fmt: skip
+
         return host_outputs(
             news, address=olds["address"], ssh_port=int(olds["ssh_port"]),
             ssh_private_key=private_key, host_key=host_key, os_name=os_name,

@@ -188,9 +188,9 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changes = _changed_inputs(olds, news, INPUTS)
-        # During preview an updating Host's outputs are unknown (a qemu or EC2
-        # machine being stopped or started); only a known new address or port
-        # means another machine.
+        # During preview the outputs of a Host being updated are unknown, for
+        # example a VM being stopped or started. Only a known new address or
+        # port means another machine.
         replaces = [
             key for key in changes if key in REPLACE_ON and not is_unknown(news.get(key))
         ]
@@ -256,7 +256,7 @@ class DockerDaemonConfigProvider(ResourceProvider):
             # A machine that is down (a VM killed by hand, an instance
             # stopped outside Pulumi) is drift, not a failed refresh: the
             # next `pulumi up` configures it again once its Host is running.
-            message = f"the host did not answer over SSH: {error}"
+            message = f"the host did not respond over SSH: {error}"
             report(f"{props['machine_name']}: {message}")
             return ReadResult(id_, {**props, "unreachable": message, "drift": [message]})
         drift = describe_drift(props.get("applied") or {}, observed)
