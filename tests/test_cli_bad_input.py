@@ -29,11 +29,15 @@ COMMANDS = ["env", "context", "status", "ip", "url", "config", "inspect", "ssh"]
 
 
 def run_tool(stack, *args, cwd=PROJECT_DIR, env=None):
-    """Run the tool with the stack's backend and passphrase."""
+    """Run the tool with the stack's backend and passphrase.
+
+    ``$SHELL`` is dropped, as in a CI job, unless ``env`` sets it.
+    """
+    environ = {key: value for key, value in stack.env.items() if key != "SHELL"}
     return subprocess.run(
         [shutil.which("pulumi-docker-machine"), *args],
         cwd=cwd,
-        env={**stack.env, **(env or {})},
+        env={**environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,

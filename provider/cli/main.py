@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument(
         "--shell",
         help=f"output syntax: {', '.join(shells.SHELLS)} "
-        "(default: detected from $SHELL, or PowerShell/cmd on Windows)",
+        "(default: detected from $SHELL, sh when it is unset, PowerShell/cmd on Windows)",
     )
     env.add_argument(
         "--unset", "-u", action="store_true",

@@ -24,6 +24,8 @@ def detect_shell(environ: Mapping[str, str], os_name: str = os.name) -> str:
 
     ``$SHELL`` decides on POSIX systems. On Windows, where ``$SHELL`` is
     usually unset, a set ``PSModulePath`` means PowerShell and otherwise cmd.
+    A POSIX process without ``$SHELL`` (a CI job, cron, ``docker exec``) gets
+    ``sh`` syntax, which every POSIX shell's ``eval`` accepts.
     """
     login_shell = environ.get("SHELL", "")
     if login_shell:
@@ -39,9 +41,7 @@ def detect_shell(environ: Mapping[str, str], os_name: str = os.name) -> str:
         )
     if os_name == "nt":
         return "powershell" if "PSModulePath" in environ else "cmd"
-    raise UnsupportedShellError(
-        f"$SHELL is not set; choose the syntax with --shell ({', '.join(SHELLS)})"
-    )
+    return "sh"
 
 
 def check_shell(name: str) -> str:
