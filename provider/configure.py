@@ -1,8 +1,10 @@
 """The configure, observe and remove steps of ``DockerDaemonConfig``.
 
-Each step opens one SSH connection and runs everything over it: a facts
-script, one SFTP upload and one apply script, then the mutual-TLS check from
-this machine. A failed first configure removes what it placed on the host.
+Each step opens one SSH connection and runs everything over it. A configure
+runs a preflight script (wait for cloud-init, read the host's facts), an
+install when one is asked for, and one apply script that carries the files
+and restarts Docker; then the mutual-TLS check from this machine. A failed
+first configure removes what it placed on the host.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ async def _read_facts(session: RemoteSession, name: str) -> dict[str, str]:
     return remote_scripts.parse_emitted(result.stdout)
 
 
-def _check_facts(session: RemoteSession, name: str, facts: dict[str, str]) -> None:
-    """Raise HostNotSupportedError unless the host can be configured."""
+def _check_access(session: RemoteSession, name: str, facts: dict[str, str]) -> None:
+    """Raise HostNotSupportedError unless the login can run root commands on systemd."""
     host = session.target.host
     if facts.get("sudo") != "yes":
         raise HostNotSupportedError(
@@ -102,6 +104,11 @@ def _check_facts(session: RemoteSession, name: str, facts: dict[str, str]) -> No
         )
     if facts.get("systemd") != "yes":
         raise HostNotSupportedError(f"{name}: {host} does not run systemd; {_SUPPORTED_HINT}")
+
+
+def _check_docker(session: RemoteSession, name: str, facts: dict[str, str]) -> None:
+    """Raise HostNotSupportedError unless Docker and its unit are installed."""
+    host = session.target.host
     if not facts.get("dockerd") or not facts.get("unit"):
         raise HostNotSupportedError(
             f"{name}: Docker is not installed on {host} (no dockerd or no "
@@ -177,52 +184,23 @@ async def _verify_tls(request: ConfigureRequest) -> dict:
     return version
 
 
-async def _remove_staging(session: RemoteSession, staging: str) -> None:
-    await session.run_script(
-        'rm -rf "$1"\n',
-        "removing the staging directory",
-        args=(staging,),
-        as_root=False,
-        check=False,
-    )
-
-
-async def _stage_files(
-    session: RemoteSession, request: ConfigureRequest, server: IssuedCertificate
-) -> tuple[dict[str, bytes], str]:
-    """Check the host, render the files and upload them to a staging directory.
-
-    The facts script makes the staging directory, so any failure here removes
-    it before the error goes on.
-    """
-    facts = await _read_facts(session, request.machine_name)
-    staging = facts["staging"]
-    try:
-        _check_facts(session, request.machine_name, facts)
-        files = _render_files(request, server, facts)
-
-        report(f"{request.machine_name}: uploading the certificates and daemon configuration")
-        await session.upload(files, staging)
-    except BaseException:
-        await _remove_staging(session, staging)
-        raise
-    return files, staging
-
-
 async def _place_and_verify(
     session: RemoteSession,
     request: ConfigureRequest,
     server: IssuedCertificate,
+    facts: dict[str, str],
     restore_on_failure: bool,
 ) -> dict[str, Any]:
     name = request.machine_name
-    files, staging = await _stage_files(session, request, server)
-
-    report(f"{name}: restarting Docker with the TLS listener on port {request.engine_port}")
+    files = _render_files(request, server, facts)
+    report(
+        f"{name}: placing the certificates and daemon configuration, restarting "
+        f"Docker with the TLS listener on port {request.engine_port}"
+    )
     result = await session.run_script(
-        remote_scripts.APPLY_SCRIPT,
-        "restarting Docker",
-        args=(staging, str(request.engine_port)),
+        remote_scripts.apply_script(files),
+        "placing the certificates and configuration and restarting Docker",
+        args=(str(request.engine_port),),
         timeout=remote_scripts.APPLY_TIMEOUT_SECONDS,
     )
     emitted = remote_scripts.parse_emitted(result.stdout)
@@ -263,16 +241,24 @@ async def configure_host(
     restored and Docker restarted with it. A failure of that cleanup is added
     to the error as a note.
     """
-    report(f"{request.machine_name}: connecting to {request.target().label}")
+    name = request.machine_name
+    settings = engine_install.InstallSettings.from_input(request.install)
+    report(f"{name}: connecting to {request.target().label}")
     async with open_session(request.target()) as session:
-        # Nothing of the TLS settings is on the host yet, so a failure here
-        # has nothing to undo.
-        installed = await engine_install.prepare_host(
-            session, request.machine_name, request.install
-        )
+        # Nothing of the TLS settings is on the host yet, so a failure before
+        # _place_and_verify has nothing to undo. A host that is ready and
+        # has Docker costs one session here (the preflight script), one to
+        # probe the engine when an install method is set, then the apply and
+        # the removal of the previous copy: at most four.
+        facts = await engine_install.wait_until_ready(session, name, settings)
+        _check_access(session, name, facts)
+        installed = await engine_install.install_if_needed(session, name, settings)
+        if installed:
+            facts = await _read_facts(session, name)
+        _check_docker(session, name, facts)
         try:
             outputs = await _place_and_verify(
-                session, request, server, restore_on_failure=not undo_on_failure
+                session, request, server, facts, restore_on_failure=not undo_on_failure
             )
         except DockerMachineError as error:
             if undo_on_failure and not isinstance(

@@ -271,19 +271,21 @@ def _pending(probe: dict[str, str]) -> list[str]:
 
 async def wait_until_ready(
     session: RemoteSession, name: str, settings: InstallSettings
-) -> None:
+) -> dict[str, str]:
     """Wait for cloud-init and, before an install, for the dpkg and apt locks.
 
     Polls every few seconds, printing what is awaited with attempt and limit,
     and raises HostWaitTimeoutError after ``settings.wait_timeout`` seconds.
+    Returns the host facts the last probe printed (see
+    ``remote_scripts.FACTS_BODY``), read once the host was ready.
     """
     check_locks = "yes" if settings.method != "none" else "no"
     attempts = int(settings.wait_timeout // WAIT_INTERVAL_SECONDS) + 1
     deadline = time.monotonic() + settings.wait_timeout
     for attempt in range(1, attempts + 1):
         result = await session.run_script(
-            install_scripts.WAIT_PROBE_SCRIPT,
-            "checking cloud-init and the package locks",
+            install_scripts.PREFLIGHT_SCRIPT,
+            "checking cloud-init, the package locks and the host",
             args=(check_locks,),
             as_root=False,
         )
@@ -292,7 +294,7 @@ async def wait_until_ready(
             report(f"{name}: cloud-init finished with errors; going on")
         pending = _pending(probe)
         if not pending:
-            return
+            return probe
         report(f"{name}: waiting for {'; '.join(pending)} (attempt {attempt} of {attempts})")
         if attempt == attempts or time.monotonic() + WAIT_INTERVAL_SECONDS > deadline:
             break
@@ -400,16 +402,14 @@ async def _check_running_version(
     return running
 
 
-async def prepare_host(
-    session: RemoteSession, name: str, install: dict[str, Any] | None
+async def install_if_needed(
+    session: RemoteSession, name: str, settings: InstallSettings
 ) -> str | None:
-    """Wait for the host, then install Docker when the settings call for it.
+    """Install Docker when the settings call for it; the host must be ready.
 
     Returns the server version the install left running, or None when
     nothing was installed.
     """
-    settings = InstallSettings.from_input(install)
-    await wait_until_ready(session, name, settings)
     if settings.method == "none":
         return None
 

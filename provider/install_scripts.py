@@ -9,7 +9,7 @@ whatever the host's locale.
 
 from __future__ import annotations
 
-from provider.remote_scripts import _EMIT_FUNCTIONS
+from provider.remote_scripts import _EMIT_FUNCTIONS, FACTS_BODY
 
 # Exit statuses the install scripts use to tell the provider what to do.
 EXIT_TRANSIENT = 75  # a download failed in a way worth retrying (EX_TEMPFAIL)
@@ -28,20 +28,21 @@ SOURCE_LIST = "/etc/apt/sources.list.d/pulumi-docker-machine.list"
 SOURCE_PREFERENCES = "/etc/apt/preferences.d/pulumi-docker-machine"
 
 # Prints the cloud-init status and, with "$1" = yes, the processes holding
-# a dpkg or apt lock. The lock test reads /proc/locks, which lists every
-# fcntl and flock lock by device and inode, so it needs neither root, nor
-# fuser, nor apt's localized "Could not get lock" message.
+# a dpkg or apt lock, then the host facts the configure step needs. The lock
+# test reads /proc/locks, which lists every fcntl and flock lock by device
+# and inode, so it needs neither root, nor fuser, nor apt's localized "Could
+# not get lock" message. One script for both, so a host that is ready costs
+# one SSH session before the apply script.
 # Argument: yes to look at the locks. Runs as the login user.
-WAIT_PROBE_SCRIPT = (
+PREFLIGHT_SCRIPT = (
     "set -eu\n"
     + _EMIT_FUNCTIONS
     + f"""\
 if command -v cloud-init >/dev/null 2>&1; then
     emit cloud_init "$(cloud-init status 2>/dev/null | sed -n 's/^status: *//p' | head -n 1)"
 fi
-[ "$1" = yes ] || exit 0
 for lock in {" ".join(PACKAGE_LOCKS)}; do
-    [ -e "$lock" ] || continue
+    [ "$1" = yes ] && [ -e "$lock" ] || continue
     # stat's %D is the kernel's encoded device number; /proc/locks prints
     # major:minor in hex, then the inode.
     dev=$((0x$(stat -c %D "$lock")))
@@ -57,6 +58,7 @@ for lock in {" ".join(PACKAGE_LOCKS)}; do
     if [ -n "$holders" ]; then emit "lock:$lock" "$holders"; fi
 done
 """
+    + FACTS_BODY
 )
 
 # Prints what is installed: dockerd's path and version, the docker.io

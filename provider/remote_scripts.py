@@ -1,13 +1,15 @@
 """Shell scripts run on the host, and the parser for what they print.
 
 Each script is POSIX sh, travels on stdin (never on the command line), and
-prints ``key=base64(value)`` lines so file contents survive intact. The
-scripts hold no secret: keys reach the host over SFTP.
+prints ``key=base64(value)`` lines so file contents survive intact. The apply
+script carries the files it places, the server key among them, as base64 text
+in shell variables: it exists only in the SSH channel and the shell's memory.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 
 from provider.daemon_config import (
     CA_CERT_PATH,
@@ -22,7 +24,7 @@ STATE_DIR = "/var/lib/pulumi-docker-machine"
 ORIGINAL_DAEMON_JSON = f"{STATE_DIR}/daemon.json.orig"
 NO_ORIGINAL_MARKER = f"{STATE_DIR}/daemon.json.absent"
 
-# Files placed on the host: staged name, destination, mode. Owner is root.
+# Files placed on the host: name, destination, mode. Owner is root.
 PLACED_FILES = (
     ("ca.pem", CA_CERT_PATH, "0444"),
     ("server.pem", SERVER_CERT_PATH, "0444"),
@@ -40,9 +42,10 @@ emit_file() {
 }
 """
 
-# Prints what the configure step needs to know about the host, and makes the
-# private staging directory for the upload. Runs as the login user.
-FACTS_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + f"""\
+# Prints what the configure step needs to know about the host. Runs as the
+# login user, alone after an install and otherwise as part of the preflight
+# script, which also waits for cloud-init and the package locks.
+FACTS_BODY = f"""\
 # A non-root login's PATH often lacks the sbin directories where dockerd is.
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 emit uid "$(id -u)"
@@ -60,8 +63,8 @@ elif [ -f {NO_ORIGINAL_MARKER} ]; then
 else
     emit_file base_daemon_json {DAEMON_JSON_PATH}
 fi
-emit staging "$(mktemp -d)"
 """
+FACTS_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + FACTS_BODY
 
 # Prints the configuration as the host has it now; appended to the apply
 # script and run alone by refresh. Expects $engine_port to be set.
@@ -88,32 +91,58 @@ fi
 """
 
 
+# Writes a file from the base64 text in $1 to $2 with mode $3, owned by
+# root: first under a temporary name with no access for others, then renamed
+# over the old file. printf is a shell builtin, so the content (a private key
+# among them) never appears in a process's command line.
+_PUT_FUNCTION = """\
+put() {
+    (umask 077 && printf '%s' "$1" | base64 -d > "$2.pdm-new")
+    chown root:root "$2.pdm-new"
+    chmod "$3" "$2.pdm-new"
+    mv -f "$2.pdm-new" "$2"
+}
+"""
+
+
 def _place_lines() -> str:
-    lines = []
-    for staged, destination, mode in PLACED_FILES:
-        lines.append(
-            f'install -o root -g root -m {mode} "$stage/{staged}" '
-            f'"{destination}.pdm-new"\n'
-            f'mv -f "{destination}.pdm-new" "{destination}"\n'
-        )
-    return "".join(lines)
+    return "".join(
+        f'put "$content_{_variable(name)}" "{destination}" {mode}\n'
+        for name, destination, mode in PLACED_FILES
+    )
+
+
+def _variable(name: str) -> str:
+    """Return the shell variable suffix of a placed file's name."""
+    return name.replace(".", "_").replace("-", "_")
+
+
+def _content_lines(files: Mapping[str, bytes]) -> str:
+    """Assign each file's base64 content to its shell variable."""
+    missing = sorted({name for name, _, _ in PLACED_FILES} - set(files))
+    if missing:
+        raise ValueError(f"files missing from the apply script: {', '.join(missing)}")
+    return "".join(
+        f"content_{_variable(name)}='{base64.b64encode(files[name]).decode()}'\n"
+        for name, _, _ in PLACED_FILES
+    )
 
 
 def _backup_lines() -> str:
     """Copy each file about to be replaced into $backup, keeping mode and owner."""
     return "".join(
-        f'if [ -e "{destination}" ]; then cp -p "{destination}" "$backup/{staged}"; fi\n'
-        for staged, destination, _mode in PLACED_FILES
+        f'if [ -e "{destination}" ]; then cp -p "{destination}" "$backup/{name}"; fi\n'
+        for name, destination, _mode in PLACED_FILES
     )
 
 
 def _restore_lines() -> str:
     """Put every file back as $backup has it; remove those it lacks."""
     lines = []
-    for staged, destination, _mode in PLACED_FILES:
+    for name, destination, _mode in PLACED_FILES:
         lines.append(
-            f'if [ -e "$backup/{staged}" ]; then\n'
-            f'    cp -p "$backup/{staged}" "{destination}.pdm-old"\n'
+            f'if [ -e "$backup/{name}" ]; then\n'
+            f'    cp -p "$backup/{name}" "{destination}.pdm-old"\n'
             f'    mv -f "{destination}.pdm-old" "{destination}"\n'
             f"else\n"
             f'    rm -f "{destination}"\n'
@@ -160,19 +189,18 @@ fi
 """.replace("{RESTART_TIMEOUT_SECONDS}", str(RESTART_TIMEOUT_SECONDS))
 )
 
-# Moves the staged files into place (temporary name, then rename), keeps the
+# Writes the files into place (temporary name, then rename), keeps the
 # host's original daemon.json once and the replaced files in BACKUP_DIR,
 # and restarts Docker. When Docker does not come back, the script prints the
 # daemon's journal, restores the previous files and restarts Docker with
 # them. Otherwise it prints the observed configuration.
-# Arguments: the staging directory and the engine port. Runs as root.
-APPLY_SCRIPT = (
-    "set -eu\n"
-    'stage="$1"\n'
-    'engine_port="$2"\n'
+# Argument: the engine port. Runs as root, after the content assignments
+# that apply_script puts in front.
+_APPLY_BODY = (
+    'engine_port="$1"\n'
     + _EMIT_FUNCTIONS
+    + _PUT_FUNCTION
     + f"""\
-trap 'rm -rf "$stage"' EXIT
 install -d -m 0755 -o root -g root /etc/docker {DROPIN_PATH.rsplit("/", 1)[0]}
 install -d -m 0700 -o root -g root {STATE_DIR}
 if [ ! -e {ORIGINAL_DAEMON_JSON} ] && [ ! -e {NO_ORIGINAL_MARKER} ]; then
@@ -207,6 +235,12 @@ fi
 """
     + OBSERVE_SCRIPT
 )
+
+
+def apply_script(files: Mapping[str, bytes]) -> str:
+    """Return the apply script with ``files`` (name in PLACED_FILES to content)."""
+    return "set -eu\n" + _content_lines(files) + _APPLY_BODY
+
 
 # Puts back the configuration kept by the last apply, after the new one
 # failed the mutual-TLS check. Argument: none. Runs as root.

@@ -1,13 +1,13 @@
 """One SSH connection per provider operation, over asyncssh.
 
 A :class:`RemoteSession` wraps a single authenticated connection: every command
-and every file upload of one create, update, read or delete goes through it.
+of one create, update, read or delete goes through it.
 The server's host key is checked against the key recorded in state (or pinned
 by the user) before authentication. On first contact, with nothing recorded,
 the presented key is accepted and returned so that the caller can record it.
 
-Secrets never reach a command line: scripts travel on the channel's stdin and
-files over SFTP.
+Secrets never reach a command line: scripts, and the files they write, travel
+on the channel's stdin.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import shlex
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import asyncssh
 
@@ -133,21 +133,6 @@ class RemoteSession:
                 hint=_sudo_hint(self, result),
             )
         return result
-
-    async def upload(self, files: Mapping[str, bytes], directory: str) -> None:
-        """Write ``files`` (name to content) into ``directory``, each 0600.
-
-        The directory is private to the login user; the caller moves the
-        files into place with the right owner and mode.
-        """
-        self.channels_opened += 1
-        async with self._connection.start_sftp_client() as sftp:
-            for name, content in files.items():
-                path = f"{directory}/{name}"
-                attrs = asyncssh.SFTPAttrs(permissions=0o600)
-                async with sftp.open(path, "wb", attrs) as remote_file:
-                    await remote_file.write(content)
-                await sftp.chmod(path, 0o600)
 
 
 def _sudo_hint(session: RemoteSession, result: CommandResult) -> str:

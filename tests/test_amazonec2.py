@@ -232,6 +232,17 @@ def test_unknown_ami_rejected_at_create(moto):
     assert moto.inventory() == before
 
 
+def test_unknown_profile_rejected_at_create(moto, tmp_path, monkeypatch):
+    config = tmp_path / "config"
+    config.write_text("[profile other]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    before = moto.inventory()
+    props = host_props(moto, profile="no-such-profile")
+    with pytest.raises(DockerMachineError, match="amazonec2.profile 'no-such-profile': no such profile"):
+        DRIVER.create(props)
+    assert moto.inventory() == before
+
+
 REPLACE_CASES = [
     ("ami", {"ami": "ami-0123456789abcdef0"}, ["options"]),
     ("subnet", {"subnetId": "subnet-0123abcd"}, ["options"]),

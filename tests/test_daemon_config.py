@@ -133,7 +133,9 @@ def test_dropin_needs_exec_start():
     "script",
     [
         remote_scripts.FACTS_SCRIPT,
-        remote_scripts.APPLY_SCRIPT,
+        remote_scripts.apply_script(
+            {name: b"content\n" for name, _, _ in remote_scripts.PLACED_FILES}
+        ),
         remote_scripts.REMOVE_SCRIPT,
         remote_scripts.OBSERVE_ONLY_SCRIPT,
     ],

@@ -198,7 +198,7 @@ _HOLD_FCNTL_LOCK = (
     os.geteuid() != 0 or not os.path.exists(install_scripts.PACKAGE_LOCKS[0]),
     reason="needs root and dpkg on this machine",
 )
-def test_wait_probe_sees_dpkg_lock():
+def test_preflight_sees_dpkg_lock():
     holder = subprocess.Popen(
         ["perl", "-MFcntl", "-e", _HOLD_FCNTL_LOCK, install_scripts.PACKAGE_LOCKS[0]],
         stdout=subprocess.PIPE,
@@ -208,7 +208,7 @@ def test_wait_probe_sees_dpkg_lock():
         assert holder.stdout.readline().strip() == "held"
         busy = subprocess.run(
             ["sh", "-s", "--", "yes"],
-            input=install_scripts.WAIT_PROBE_SCRIPT,
+            input=install_scripts.PREFLIGHT_SCRIPT,
             capture_output=True,
             text=True,
             env={"PATH": "/usr/bin:/bin", "LANG": "de_DE.UTF-8"},
@@ -218,7 +218,7 @@ def test_wait_probe_sees_dpkg_lock():
         holder.wait()
     free = subprocess.run(
         ["sh", "-s", "--", "yes"],
-        input=install_scripts.WAIT_PROBE_SCRIPT,
+        input=install_scripts.PREFLIGHT_SCRIPT,
         capture_output=True,
         text=True,
     )

@@ -19,7 +19,9 @@ from tests.harness.pulumi_cli import machine_config
 pytestmark = [pytest.mark.engine, pytest.mark.lighthosts]
 
 HOSTS = 16
-# A configure runs a facts script, one SFTP upload and the apply script.
+# A configure runs the preflight script, the apply script that carries the
+# files, and the removal of the previous copy; an install method adds the
+# engine probe.
 MAX_SESSIONS_PER_CONFIGURE = 4
 # Enough engine steps for every machine at once. The default of pulumi CLI
 # v3.276.0 is 4 per core, 8 on a 2-core machine.
@@ -71,9 +73,6 @@ def operation_lines(stack):
     return stack.operation_log.read_text().splitlines()
 
 
-# TODO: a configure opens 5 SSH sessions because the cloud-init and apt lock
-# probe has a session of its own. This test checks the limit of 4.
-@pytest.mark.xfail(reason="a configure opens 5 SSH sessions, one over the limit of 4")
 def test_create_configures_side_by_side(fleet, stack):
     activity = ssh_activity(fleet, lambda: stack.up("--parallel", PARALLEL))
 
@@ -143,9 +142,6 @@ def test_refresh_opens_one_connection_per_host(fleet, stack):
         assert counted.sessions == 1, (address, counted)
 
 
-# TODO: a configure opens 5 SSH sessions because the cloud-init and apt lock
-# probe has a session of its own. This test checks the limit of 4.
-@pytest.mark.xfail(reason="a configure opens 5 SSH sessions, one over the limit of 4")
 def test_update_opens_one_connection_per_host(fleet, stack):
     stack.write_config(machine_entries(fleet, extraSans=["fleet.test"]))
 

@@ -70,7 +70,7 @@ def staged_files(storage_driver: str, key: str) -> dict[str, str]:
 @pytest.fixture
 def sandbox(tmp_path):
     """Return a runner of scripts inside a private mount namespace."""
-    for name in ("etc-docker", "systemd", "var-lib", "bin", "stage"):
+    for name in ("etc-docker", "systemd", "var-lib", "bin"):
         (tmp_path / name).mkdir()
     for name, text in (
         ("systemctl", FAKE_SYSTEMCTL),
@@ -102,11 +102,8 @@ def sandbox(tmp_path):
         return remote_scripts.parse_emitted(completed.stdout)
 
     def apply(files: dict[str, str]) -> dict[str, str]:
-        stage = tmp_path / "stage" / "files"
-        stage.mkdir(exist_ok=True)
-        for name, text in files.items():
-            (stage / name).write_text(text)
-        return run(remote_scripts.APPLY_SCRIPT, str(stage), "2376")
+        content = {name: text.encode() for name, text in files.items()}
+        return run(remote_scripts.apply_script(content), "2376")
 
     run.apply = apply
     run.root = tmp_path

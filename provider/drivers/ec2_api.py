@@ -88,7 +88,7 @@ def _new_session(profile: str | None, region: str) -> boto3.session.Session:
         return boto3.session.Session(profile_name=profile, region_name=region)
     except botocore.exceptions.ProfileNotFound:
         raise EC2Error(
-            f"invalid amazonec2.profile {settings['profile']!r}: no such profile in "
+            f"invalid amazonec2.profile {profile!r}: no such profile in "
             f"the AWS config files; run `aws configure list-profiles`"
         ) from None
 
