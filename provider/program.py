@@ -178,7 +178,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         driver=driver,
         address=entry.get("address"),
         ssh_port=entry.get("sshPort", 22),
-        ssh_user=entry.get("sshUser", "root"),
+        ssh_user=entry.get("sshUser"),
         ssh_private_key=_private_key(entry, where, driver),
         ssh_host_key=entry.get("sshHostKey"),
         extra_sans=entry.get("extraSans", []),

@@ -17,7 +17,7 @@ import pycdlib
 import pytest
 import yaml
 
-from provider import loopback
+from provider import drivers, loopback
 from provider.drivers.common import generate_ssh_key
 from provider.drivers.seed import write_seed_image
 from provider.errors import InvalidInputError
@@ -189,3 +189,11 @@ def test_qemu_diff_replaces_on_a_set_address():
     olds = {"driver": "qemu", "machine_name": "m", "address": "127.100.1.9", "ssh_port": 22}
     news = {**olds, "address": "127.100.0.9"}
     assert HostProvider().diff("qemu:x", olds, news).replaces == ["address"]
+
+
+@pytest.mark.parametrize(
+    "driver,expected",
+    [("amazonec2", "ubuntu"), ("generic", "root"), ("qemu", "root"), (None, "root")],
+)
+def test_default_ssh_user_follows_driver_image(driver, expected):
+    assert drivers.default_ssh_user(driver) == expected

@@ -22,6 +22,14 @@ DRIVER_MODULES = {
     "qemu": "provider.drivers.qemu",
 }
 STATES = ("running", "stopped")
+# The SSH login of a machine whose sshUser is unset: the user of the
+# driver's default image (Ubuntu's cloud images refuse root), else root.
+DEFAULT_SSH_USERS = {"amazonec2": "ubuntu"}
+
+
+def default_ssh_user(driver: Any) -> str:
+    """Return the SSH login a Host of ``driver`` uses when none is given."""
+    return DEFAULT_SSH_USERS.get(driver, "root") if isinstance(driver, str) else "root"
 
 
 class Driver:

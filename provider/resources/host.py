@@ -23,7 +23,7 @@ from pulumi.dynamic import (
 )
 
 from provider import checks
-from provider.drivers import STATES, get_driver, unknown_options
+from provider.drivers import STATES, default_ssh_user, get_driver, unknown_options
 from provider.errors import InvalidInputError
 from provider.resources.base import is_unknown, run_checks, short_errors
 
@@ -143,7 +143,7 @@ class Host(Resource, module="docker-machine", name="Host"):
         address: pulumi.Input[str] | None = None,
         ssh_private_key: pulumi.Input[str] | None = None,
         ssh_port: pulumi.Input[int] = 22,
-        ssh_user: pulumi.Input[str] = "root",
+        ssh_user: pulumi.Input[str] | None = None,
         host_key: pulumi.Input[str] | None = None,
         driver: str = "generic",
         machine_name: pulumi.Input[str] | None = None,
@@ -156,7 +156,7 @@ class Host(Resource, module="docker-machine", name="Host"):
             "machine_name": machine_name or resource_name,
             "address": address,
             "ssh_port": ssh_port,
-            "ssh_user": ssh_user,
+            "ssh_user": default_ssh_user(driver) if ssh_user is None else ssh_user,
             "ssh_private_key": (
                 None if ssh_private_key is None else pulumi.Output.secret(ssh_private_key)
             ),
