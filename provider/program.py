@@ -48,12 +48,14 @@ MACHINE_KEYS = {
 # v3.276.0), so machines go in groups of MACHINES_PER_PROVIDER to separate
 # processes. The first group stays on the default provider, so stacks of up
 # to 4 machines start no extra process. A machine's group follows from its
-# position in the list, so appending machines moves none. The engine runs at
-# most `--parallel` steps at once (4 per core by default), which still caps
-# the number of configures in flight.
-# NOTE: removing an earlier machine moves later ones to another provider. A
-# preview with CLI v3.276.0 showed them unchanged (no update, no replace),
-# but an up after such a move has not been tested.
+# position in the list, so appending machines moves none. Removing an earlier
+# machine moves some later ones to another provider. The engine (CLI
+# v3.276.0) keeps such a moved resource as it is: `pulumi up` neither updates
+# nor replaces it and opens no SSH connection to it, as tests/test_fleet.py
+# checks. Each resource carries its own pickled dynamic provider, so any
+# provider process can serve it. The engine runs at most
+# `--parallel` steps at once (4 per core by default), which still caps the
+# number of configures in flight.
 MACHINES_PER_PROVIDER = 4
 MAX_PROVIDER_PROCESSES = 8
 # Stack configuration names of the install settings -> DockerDaemonConfig's.
@@ -239,27 +241,28 @@ def provider_group(index: int) -> int:
     return (index // MACHINES_PER_PROVIDER) % MAX_PROVIDER_PROCESSES
 
 
-def _provider_options(
-    group: int, providers: dict[int, pulumi.ProviderResource]
-) -> pulumi.ResourceOptions | None:
-    if group == 0:
-        return None
-    if group not in providers:
-        providers[group] = pulumi.ProviderResource(
-            "pulumi-python", f"machines-provider-{group}", {}
-        )
-    return pulumi.ResourceOptions(provider=providers[group])
+def provider_options(machines: list[MachineSpec]) -> list[pulumi.ResourceOptions | None]:
+    """Declare the extra provider of each group; return each machine's options."""
+    providers: dict[int, pulumi.ProviderResource] = {}
+    options: list[pulumi.ResourceOptions | None] = []
+    for index in range(len(machines)):
+        group = provider_group(index)
+        if group == 0:
+            options.append(None)
+            continue
+        if group not in providers:
+            providers[group] = pulumi.ProviderResource(
+                "pulumi-python", f"machines-provider-{group}", {}
+            )
+        options.append(pulumi.ResourceOptions(provider=providers[group]))
+    return options
 
 
-def declare_machine(
-    machine: MachineSpec,
-    ca: CertAuthority,
-    project: str,
-    stack: str,
-    opts: pulumi.ResourceOptions | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Declare one machine's resources; return its public and secret outputs."""
-    host = Host(
+def declare_host(
+    machine: MachineSpec, opts: pulumi.ResourceOptions | None = None
+) -> Host:
+    """Declare the Host of one machine."""
+    return Host(
         f"{machine.name}-host",
         address=machine.address,
         ssh_port=machine.ssh_port,
@@ -276,6 +279,17 @@ def declare_machine(
         options=machine.options,
         opts=opts,
     )
+
+
+def declare_machine(
+    machine: MachineSpec,
+    ca: CertAuthority,
+    project: str,
+    stack: str,
+    opts: pulumi.ResourceOptions | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Declare one machine's resources; return its public and secret outputs."""
+    host = declare_host(machine, opts)
     directory = certdir.cert_path(project, stack, machine.name)
     daemon = DockerDaemonConfig(
         f"{machine.name}-docker",
@@ -333,9 +347,7 @@ def main() -> None:
 
     public: dict[str, Any] = {}
     secret: dict[str, Any] = {}
-    providers: dict[int, pulumi.ProviderResource] = {}
-    for index, machine in enumerate(machines):
-        opts = _provider_options(provider_group(index), providers)
+    for machine, opts in zip(machines, provider_options(machines)):
         public[machine.name], secret[machine.name] = declare_machine(
             machine, ca, pulumi.get_project(), pulumi.get_stack(), opts
         )

@@ -52,8 +52,8 @@ def stack_factory(tmp_path_factory):
     """Create stacks on private backends; remove them (state only) at the end."""
     stacks: list[PulumiStack] = []
 
-    def create() -> PulumiStack:
-        stack = PulumiStack(tmp_path_factory.mktemp("stack"))
+    def create(**options) -> PulumiStack:
+        stack = PulumiStack(tmp_path_factory.mktemp("stack"), **options)
         stacks.append(stack)
         return stack
 

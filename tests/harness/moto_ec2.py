@@ -7,15 +7,29 @@ of the test process and of the pulumi processes it starts.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import socket
-from collections.abc import Iterator
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+
+# moto's request recorder (moto.moto_api, moto 5.2) reads the path of its
+# record file once, when moto is imported. Without this variable the file
+# lands in the current directory as "moto_recording".
+os.environ.setdefault(
+    "MOTO_RECORDER_FILEPATH",
+    os.path.join(tempfile.gettempdir(), f"pdm-moto-recording-{os.getpid()}.jsonl"),
+)
+from moto.server import ThreadedMotoServer  # noqa: E402
 
 REGION = "us-east-1"
 FAKE_CREDENTIALS = {
@@ -74,6 +88,47 @@ class MotoEC2:
         }
 
 
+    def _recorder(self, action: str, method: str = "POST") -> bytes:
+        request = urllib.request.Request(
+            f"{self.endpoint_url}/moto-api/recorder/{action}", method=method
+        )
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.read()
+
+    def recorded_actions(self, operation: Callable[[], Any]) -> list[str]:
+        """Run ``operation``; return the API actions moto served meanwhile, in order.
+
+        moto's recorder writes every request it serves to its record file
+        between start-recording and stop-recording. The action is the
+        ``Action`` field of a query-protocol body (EC2) or the operation named
+        in ``X-Amz-Target`` (JSON protocol, such as SSM).
+        """
+        self._recorder("reset-recording")
+        self._recorder("start-recording")
+        try:
+            operation()
+        finally:
+            self._recorder("stop-recording")
+        record = self._recorder("download-recording", method="GET").decode()
+        return [_action(json.loads(line)) for line in record.splitlines() if line]
+
+
+def _action(entry: dict[str, Any]) -> str:
+    """Return the API action of one request in moto's record."""
+    target = entry["headers"].get("X-Amz-Target")
+    if target:
+        return target.rpartition(".")[2]
+    body = entry.get("body") or ""
+    if entry.get("body_encoded"):
+        body = base64.b64decode(body).decode()
+    return parse_qs(body).get("Action", ["(no action)"])[0]
+
+
+def is_read_only(action: str) -> bool:
+    """Tell whether an EC2 or SSM action only reads (Describe*, Get*)."""
+    return action.startswith(("Describe", "Get"))
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -105,3 +160,7 @@ def moto_ec2() -> Iterator[MotoEC2]:
         patch.delenv("AWS_PROFILE", raising=False)
         with moto_server() as server:
             yield server
+    try:
+        os.remove(os.environ["MOTO_RECORDER_FILEPATH"])
+    except FileNotFoundError:
+        pass
