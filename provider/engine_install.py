@@ -15,14 +15,18 @@ import asyncio
 import dataclasses
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from provider import install_scripts
 from provider.errors import DockerMachineError, InvalidInputError, RemoteCommandError
 from provider.progress import report
 from provider.remote_scripts import parse_emitted
-from provider.sshsession import RemoteSession
+
+if TYPE_CHECKING:
+    # Only for annotations: check_install runs in every preview, and
+    # sshsession brings in asyncssh.
+    from provider.sshsession import RemoteSession
 
 METHODS = ("script", "package", "none")
 DEFAULT_METHOD = "script"

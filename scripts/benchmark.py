@@ -14,7 +14,10 @@ Run as root through scripts/benchmark.sh, which installs what is needed. On
   own) running scripts/bench/configure-docker-tls.yml, which does the
   configure's job, on 1 host and on 16 at once;
 - the peak resident memory (VmHWM) of the provider processes during the
-  16-machine up.
+  16-machine up;
+- the start-up of one provider process: the imports of the Python SDK's
+  dynamic provider server, then unpickling this project's three providers,
+  which imports their modules (median of several new processes).
 
 Each figure is a wall-clock time in seconds of one run, so expect some noise
 on a shared machine.
@@ -31,6 +34,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import ssl
 import subprocess
 import sys
@@ -46,6 +50,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 
 from provider import daemon_config, operation_log, pki  # noqa: E402
+from provider.resources.cert_authority import CertAuthorityProvider  # noqa: E402
+from provider.resources.docker_daemon import DockerDaemonConfigProvider  # noqa: E402
+from provider.resources.host import HostProvider  # noqa: E402
 from tests.harness.lighthosts import LightHostFleet  # noqa: E402
 from tests.harness.netguard import check_dialable  # noqa: E402
 from tests.harness.pulumi_cli import PulumiStack, machine_config  # noqa: E402
@@ -57,6 +64,27 @@ BENCH_DIR = PROJECT_DIR / "scripts" / "bench"
 BENCH_VENV = Path.home() / ".cache" / "pulumi-docker-machine" / "bench-venv"
 TLS_WAIT_SECONDS = 60.0
 TLS_POLL_SECONDS = 0.05
+PROVIDER_LOAD_RUNS = 5
+
+# What one provider process does before it serves the first check: the
+# imports of pulumi/dynamic/__main__.py (pulumi 3.272), then dill.loads of
+# each provider in the state, given as base64 arguments. Prints both times.
+PROVIDER_LOAD_PROGRAM = """
+import sys, time
+start = time.perf_counter()
+import base64
+import dill
+import grpc
+from google.protobuf import empty_pb2
+from pulumi.metadata import get_project
+from pulumi.runtime import configure, proto, rpc, Settings
+from pulumi.runtime.proto import provider_pb2_grpc
+from pulumi.dynamic import ResourceProvider
+sdk_done = time.perf_counter()
+for text in sys.argv[1:]:
+    dill.loads(base64.b64decode(text))
+print(sdk_done - start, time.perf_counter() - sdk_done)
+"""
 
 TRIVIAL_PROGRAM = '''\
 import pulumi
@@ -219,6 +247,34 @@ def measure_fleet(workdir: Path, hosts) -> tuple[dict[str, float], PulumiStack]:
         "peak_rss_sum_mib": sum(sampler.peaks.values()) / 1024,
     }
     return figures, stack
+
+
+def measure_provider_load() -> tuple[float, float]:
+    """Return the median seconds of the SDK's imports and of loading our providers.
+
+    Each run is a new Python process in the project directory, as the
+    engine starts one per provider resource in every preview and up.
+    """
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    pickled = [
+        serialize_provider(provider())
+        for provider in (CertAuthorityProvider, HostProvider, DockerDaemonConfigProvider)
+    ]
+    sdk_times, load_times = [], []
+    for _ in range(PROVIDER_LOAD_RUNS):
+        completed = subprocess.run(
+            [sys.executable, "-c", PROVIDER_LOAD_PROGRAM, *pickled],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        sdk_seconds, load_seconds = (float(word) for word in completed.stdout.split())
+        sdk_times.append(sdk_seconds)
+        load_times.append(load_seconds)
+    return statistics.median(sdk_times), statistics.median(load_times)
 
 
 # The configure floor: one SSH connection, one restart, one mTLS handshake
@@ -420,6 +476,9 @@ def main() -> None:
             log(f"Ansible on {HOSTS} hosts")
             ansible_all = measure_ansible(workdir / "ansible-all", fleet, hosts, playbook)
 
+    log("provider process start-up")
+    sdk_seconds, load_seconds = measure_provider_load()
+
     resources = 2 * HOSTS + 1
     print(f"Benchmark of {started:%Y-%m-%d %H:%M} UTC on: {machine_description()}")
     print(f"Engine: {subprocess.run(['pulumi', 'version'], capture_output=True, text=True).stdout.strip()}, `--parallel {PARALLEL}`")
@@ -443,6 +502,12 @@ def main() -> None:
         f"{fleet_figures['provider_processes']}; peak resident memory "
         f"{fleet_figures['peak_rss_max_mib']:.0f} MiB in the largest, "
         f"{fleet_figures['peak_rss_sum_mib']:.0f} MiB summed."
+    )
+    print(
+        f"Provider process start-up (median of {PROVIDER_LOAD_RUNS}): "
+        f"{sdk_seconds:.2f} s for the SDK's imports, then {load_seconds:.2f} s "
+        f"to unpickle this project's providers. Load average at the end: "
+        f"{os.getloadavg()[0]:.1f}."
     )
     shutil.rmtree(workdir, ignore_errors=True)
 

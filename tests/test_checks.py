@@ -321,6 +321,30 @@ def test_private_key_field_named(ed25519_key: asyncssh.SSHKey) -> None:
     assert message.startswith("invalid ssh_key '<value hidden>':")
 
 
+def forbid_key_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(importer_name: str, text: str) -> bool:
+        raise AssertionError(f"{importer_name} called for a key accepted before")
+
+    monkeypatch.setattr(checks, "_imports", fail)
+
+
+def test_private_key_accepted_before_not_parsed(
+    ed25519_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = ed25519_key.export_private_key().decode()
+    forbid_key_parsing(monkeypatch)
+    assert checks.check_private_key(text, accepted=text) == text
+
+
+def test_private_key_other_than_accepted_parsed(ed25519_key: asyncssh.SSHKey) -> None:
+    text = ed25519_key.export_private_key().decode()
+    public = ed25519_key.export_public_key().decode()
+    message = assert_rejected(
+        lambda value: checks.check_private_key(value, accepted=text), public
+    )
+    assert "this is a public key" in message
+
+
 def assert_key_text_absent(text: str, message: str) -> None:
     """Assert that no line, and no 16-character run, of ``text`` is in ``message``."""
     for line in text.splitlines():
@@ -411,6 +435,26 @@ def test_host_key_private_key_hidden(ed25519_key: asyncssh.SSHKey) -> None:
     text = ed25519_key.export_private_key().decode()
     message = assert_rejected(checks.check_host_key, text, "this is a private key")
     assert_key_text_absent(text, message)
+
+
+def test_host_key_accepted_before_not_parsed(
+    host_public_keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = host_public_keys["ssh-ed25519"]
+    forbid_key_parsing(monkeypatch)
+    assert checks.check_host_key(line, accepted=line) == line
+
+
+def test_host_key_other_than_accepted_parsed(host_public_keys: dict[str, str]) -> None:
+    ed25519_type, ed25519_data = host_public_keys["ssh-ed25519"].split()
+    rsa_data = host_public_keys["ssh-rsa"].split()[1]
+    mismatched = f"{ed25519_type} {rsa_data}"
+    accepted = f"{ed25519_type} {ed25519_data}"
+    assert_rejected(
+        lambda value: checks.check_host_key(value, accepted=accepted),
+        mismatched,
+        "does not decode as that key type",
+    )
 
 
 def test_host_key_several_lines_hidden(ed25519_key: asyncssh.SSHKey) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import asyncssh
 from pulumi.dynamic import CheckFailure
 
 from provider.drivers import Driver
@@ -353,6 +352,8 @@ def _key_pair(
         private_key, public_key = generate_ssh_key(f"docker-machine {name}")
         report(f"generated an ed25519 SSH key; importing it as key pair {name}")
     else:
+        import asyncssh  # here, so that check and diff do without it
+
         public_key = asyncssh.import_private_key(private_key).export_public_key().decode()
         report(f"importing the public half of the given SSH key as key pair {name}")
     name = f"docker-machine-{name}"

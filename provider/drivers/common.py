@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provider.progress import report
 from provider.resources.base import run_async
-from provider.sshsession import SSHTarget, host_key_fingerprint, open_session
+
+if TYPE_CHECKING:
+    from provider.sshsession import SSHTarget
+
+# provider.sshsession, and asyncssh with it, is imported inside the functions
+# that log in or read a host key. Host's check and diff load the driver
+# module but open no SSH connection.
 
 
 def _os_name(os_release: str) -> str:
@@ -23,6 +29,8 @@ def _os_name(os_release: str) -> str:
 async def _log_in(
     target: SSHTarget, setup_script: str | None, **connect_options: Any
 ) -> tuple[str, str]:
+    from provider.sshsession import open_session
+
     async with open_session(target, **connect_options) as session:
         result = await session.run_script(
             "cat /etc/os-release 2>/dev/null || true\n",
@@ -51,6 +59,8 @@ def log_in(
     for SSH to respond (a machine still booting), in place of the default of
     :func:`provider.sshsession.connect`.
     """
+    from provider.sshsession import SSHTarget, host_key_fingerprint
+
     target = SSHTarget(
         host=address, port=port, user=user, private_key=private_key, host_key=host_key
     )
@@ -91,6 +101,8 @@ def host_outputs(
     details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the outputs of a Host, the same keys for every driver."""
+    from provider.sshsession import host_key_fingerprint
+
     outputs = dict(props)
     outputs.update(
         address=address,

@@ -4,6 +4,9 @@ Clients are built per operation, because the provider object is pickled
 into the state and must keep no client. botocore retries throttling and
 transient faults in its ``standard`` or ``adaptive`` mode. The waits here
 poll with a bound on attempts and on time, and print each attempt.
+
+boto3 and botocore are imported inside the functions that call AWS, because
+the provider loads this module also for check and diff, which make no call.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-import boto3
-import botocore.config
-import botocore.exceptions
+from typing import TYPE_CHECKING, Any
 
 from provider.errors import DockerMachineError
 from provider.progress import report
+
+if TYPE_CHECKING:
+    import boto3
+    import botocore.config
 
 API_MAX_ATTEMPTS = 5
 WAIT_ATTEMPTS = 40
@@ -84,6 +87,9 @@ def _session(settings: dict[str, Any]) -> boto3.session.Session:
 def _new_session(profile: str | None, region: str) -> boto3.session.Session:
     # Credentials resolve the way boto3 resolves them: environment, profile,
     # shared files, then instance or container roles.
+    import boto3
+    import botocore.exceptions
+
     try:
         return boto3.session.Session(profile_name=profile, region_name=region)
     except botocore.exceptions.ProfileNotFound:
@@ -94,6 +100,8 @@ def _new_session(profile: str | None, region: str) -> boto3.session.Session:
 
 
 def _config(settings: dict[str, Any]) -> botocore.config.Config:
+    import botocore.config
+
     return botocore.config.Config(
         retries={"mode": settings["retryMode"], "max_attempts": API_MAX_ATTEMPTS},
         connect_timeout=10,
@@ -103,6 +111,8 @@ def _config(settings: dict[str, Any]) -> botocore.config.Config:
 
 def error_code(error: BaseException) -> str:
     """Return the AWS error code of a ClientError, or '' for other errors."""
+    import botocore.exceptions
+
     if isinstance(error, botocore.exceptions.ClientError):
         return error.response.get("Error", {}).get("Code", "")
     return ""
@@ -110,6 +120,8 @@ def error_code(error: BaseException) -> str:
 
 def call(step: str, function: Callable[..., Any], **params: Any) -> Any:
     """Call ``function(**params)``; raise EC2Error naming ``step`` on failure."""
+    import botocore.exceptions
+
     try:
         return function(**params)
     except botocore.exceptions.ClientError as error:

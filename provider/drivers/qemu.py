@@ -25,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 from pulumi.dynamic import CheckFailure
 
 from provider import certdir, loopback, qemu, vmimage
@@ -362,6 +361,8 @@ def _forwarded_ports(props: dict[str, Any]) -> list[int]:
 
 
 def _public_key_line(private_key: str, comment: str) -> str:
+    import asyncssh  # here, so that check and diff do without it
+
     key = asyncssh.import_private_key(private_key)
     return key.export_public_key("openssh").decode().strip() + f" {comment}"
 

@@ -10,7 +10,7 @@ destroy puts the host back on its Unix socket alone.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 from pulumi.dynamic import (
@@ -25,12 +25,6 @@ from pulumi.dynamic import (
 )
 
 from provider import certdir, checks, engine_install, engine_options, expiry, operation_log, pki
-from provider.configure import (
-    ConfigureRequest,
-    configure_host,
-    observe_host,
-    unconfigure_host,
-)
 from provider.errors import SSHConnectError
 from provider.progress import report
 from provider.remote_scripts import describe_drift
@@ -41,6 +35,13 @@ from provider.resources.base import (
     run_checks,
     short_errors,
 )
+
+if TYPE_CHECKING:
+    from provider.configure import ConfigureRequest
+
+# provider.configure, and asyncssh with it, is imported inside create, update,
+# read and delete. Every preview loads this module for check and diff, which
+# reach no host.
 
 # Inputs that need work on the host when they change. A new host key is
 # there too: it usually means the machine was rebuilt and lost its settings.
@@ -102,6 +103,8 @@ def _port_clash(inputs: dict[str, Any], failures: list) -> list[CheckFailure]:
 
 
 def _request(props: dict[str, Any]) -> ConfigureRequest:
+    from provider.configure import ConfigureRequest
+
     return ConfigureRequest(
         machine_name=props["machine_name"],
         address=props["address"],
@@ -200,6 +203,8 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     @short_errors
     def create(self, props: dict[str, Any]) -> CreateResult:
+        from provider.configure import configure_host
+
         server = _sign_server_certificate(props)
         with operation_log.record(props["machine_name"], "configure"):
             outputs = run_async(
@@ -214,6 +219,8 @@ class DockerDaemonConfigProvider(ResourceProvider):
     def update(
         self, _id: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> UpdateResult:
+        from provider.configure import configure_host
+
         if _needs_new_server_certificate(olds, news):
             server = _sign_server_certificate(news)
         else:
@@ -239,6 +246,8 @@ class DockerDaemonConfigProvider(ResourceProvider):
 
     @short_errors
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        from provider.configure import observe_host
+
         expiry.warn_about_expiry(
             {f"the server certificate of {props['machine_name']}": props.get(
                 "server_cert_not_after"
@@ -273,6 +282,8 @@ class DockerDaemonConfigProvider(ResourceProvider):
             )
             certdir.remove_cert_dir(props.get("cert_path"))
             return
+        from provider.configure import unconfigure_host
+
         try:
             run_async(unconfigure_host(_request(props)))
         except SSHConnectError as error:

@@ -56,6 +56,11 @@ class HostProvider(ResourceProvider):
     """Dispatches each operation to the driver the Host names."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        # ``olds`` are the inputs of the previous run, which passed check when
+        # they were applied, so keys equal to them are not parsed again.
+        olds = olds or {}
+        old_key = olds.get("ssh_private_key")
+        old_host_key = olds.get("pinned_host_key")
         inputs, failures = run_checks(
             news,
             [
@@ -64,8 +69,14 @@ class HostProvider(ResourceProvider):
                 ("address", checks.check_address),
                 ("ssh_port", lambda v: checks.check_port(v, "ssh_port")),
                 ("ssh_user", checks.check_ssh_user),
-                ("ssh_private_key", checks.check_private_key),
-                ("pinned_host_key", lambda v: checks.check_host_key(v, "host_key")),
+                (
+                    "ssh_private_key",
+                    lambda v: checks.check_private_key(v, accepted=old_key),
+                ),
+                (
+                    "pinned_host_key",
+                    lambda v: checks.check_host_key(v, "host_key", accepted=old_host_key),
+                ),
                 ("state", _check_state),
             ],
         )
@@ -75,7 +86,7 @@ class HostProvider(ResourceProvider):
         options = inputs.get("options")
         option_failures = unknown_options(driver, options)
         if not option_failures and not is_unknown(options):
-            option_failures = driver.check(inputs, olds or {})
+            option_failures = driver.check(inputs, olds)
         return CheckResult(inputs, failures + option_failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
