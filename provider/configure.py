@@ -300,7 +300,7 @@ async def _restore_previous(
     else:
         error.add_note(
             "Restoring the previous configuration failed as well: "
-            + restart_failure.daemon_error_line(emitted.get("rollback_journal", ""))
+            + restart_failure.rollback_error_line(emitted)
         )
 
 

@@ -91,6 +91,21 @@ fi
 """
 
 
+# Prints the journal of docker.service since the Unix time in $3: every line
+# of the unit under $1, and only dockerd's own lines under $2. dockerd's
+# error is its last line, and systemd logs the exit status and, with
+# Restart=on-failure, the next "Starting docker.service" after it.
+_JOURNAL_FUNCTION = """\
+emit_journal() {
+    journalctl --sync 2>/dev/null || true
+    emit "$1" "$(journalctl -u docker.service --since "@$3" \\
+        --no-pager -o cat 2>/dev/null | tail -n 40)"
+    emit "$2" "$(journalctl _SYSTEMD_UNIT=docker.service SYSLOG_IDENTIFIER=dockerd \\
+        --since "@$3" --no-pager -o cat 2>/dev/null | tail -n 40)"
+}
+"""
+
+
 # Writes a file from the base64 text in $1 to $2 with mode $3, owned by
 # root: first under a temporary name with no access for others, then renamed
 # over the old file. printf is a shell builtin, so the content (a private key
@@ -181,10 +196,8 @@ if timeout {RESTART_TIMEOUT_SECONDS} systemctl restart docker.service \\
     emit rollback restored
     rm -rf "$backup"
 else
-    journalctl --sync 2>/dev/null || true
     emit rollback failed
-    emit rollback_journal "$(journalctl -u docker.service --since "@$restored" \\
-        --no-pager -o cat 2>/dev/null | tail -n 20)"
+    emit_journal rollback_journal rollback_daemon_log "$restored"
 fi
 """.replace("{RESTART_TIMEOUT_SECONDS}", str(RESTART_TIMEOUT_SECONDS))
 )
@@ -199,6 +212,7 @@ fi
 _APPLY_BODY = (
     'engine_port="$1"\n'
     + _EMIT_FUNCTIONS
+    + _JOURNAL_FUNCTION
     + _PUT_FUNCTION
     + f"""\
 install -d -m 0755 -o root -g root /etc/docker {DROPIN_PATH.rsplit("/", 1)[0]}
@@ -222,10 +236,8 @@ started=$(date +%s)
 # restart, not start: start leaves a running dockerd on its old flags.
 if ! { timeout {RESTART_TIMEOUT_SECONDS} systemctl restart docker.service \\
         && systemctl is-active --quiet docker.service; }; then
-    journalctl --sync 2>/dev/null || true
     emit restart_failed yes
-    emit journal "$(journalctl -u docker.service --since "@$started" \\
-        --no-pager -o cat 2>/dev/null | tail -n 40)"
+    emit_journal journal daemon_log "$started"
     emit_file previous_daemon_json "$backup/daemon.json"
 """.replace("{RESTART_TIMEOUT_SECONDS}", str(RESTART_TIMEOUT_SECONDS))
     + "".join("    " + line + "\n" for line in _RESTORE_BODY.splitlines())
@@ -244,7 +256,7 @@ def apply_script(files: Mapping[str, bytes]) -> str:
 
 # Puts back the configuration kept by the last apply, after the new one
 # failed the mutual-TLS check. Argument: none. Runs as root.
-RESTORE_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + _RESTORE_BODY
+RESTORE_SCRIPT = "set -eu\n" + _EMIT_FUNCTIONS + _JOURNAL_FUNCTION + _RESTORE_BODY
 
 # Drops the copies kept by the last apply once its configuration is verified.
 FORGET_BACKUP_SCRIPT = f'rm -rf "{BACKUP_DIR}"\n'

@@ -1,8 +1,9 @@
 """Explaining why Docker did not start with a new configuration (no I/O).
 
-The apply script prints the daemon's journal from the failed restart and the
-daemon.json it replaced. From those, :func:`explain` picks the daemon's own
-error line and the engine options that most likely caused it.
+The apply script prints the journal of the failed restart twice (every line
+of docker.service, and dockerd's own lines) and the daemon.json it replaced.
+From those, :func:`explain` picks the daemon's own error line and the engine
+options that most likely caused it.
 """
 
 from __future__ import annotations
@@ -30,25 +31,60 @@ _MESSAGE_HINTS = (
     ("mirror", "registry-mirrors"),
     ("insecure", "insecure-registries"),
     ("label", "labels"),
+    ("listeners", "hosts"),
+    ("address already in use", "hosts"),
 )
-_ERROR_LINE = re.compile(
-    r"failed to start daemon|unable to configure the docker daemon|"
-    r"error starting daemon|level=fatal|level=error|directives",
-    re.IGNORECASE,
+# Kinds of journal line that explain a failed start, the most telling first.
+# dockerd 20.10 to 26 prints the error that stops it as a plain line on
+# stderr, in lower case like Go errors ("failed to load listeners: ...").
+# systemd's lines start in upper case or with the unit name, and dockerd's
+# log lines carry logrus fields (time="..." level=... msg="...").
+_FAILURE_LINES = (
+    re.compile(r"^(failed|unable|error|can't|cannot|invalid)\b"),
+    re.compile(r"level=fatal"),
+    re.compile(r"level=error|address already in use|directives", re.IGNORECASE),
+    re.compile(r"\b(failed|error|unable|cannot|invalid|denied|not found)\b", re.IGNORECASE),
 )
 _LOGRUS_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
 
-def daemon_error_line(journal: str) -> str:
-    """Return the daemon's own error from its journal lines, or the last line."""
-    lines = [line.strip() for line in journal.splitlines() if line.strip()]
-    chosen = next((line for line in reversed(lines) if _ERROR_LINE.search(line)), "")
-    if not chosen and lines:
-        chosen = lines[-1]
-    match = _LOGRUS_MESSAGE.search(chosen)
+def daemon_error_line(journal: str, daemon_log: str = "") -> str:
+    """Return the line that explains a failed start, cut to its message.
+
+    ``daemon_log`` contains dockerd's own journal lines, and ``journal``
+    every line of docker.service, systemd's among them. For each kind of
+    failure line in turn, dockerd's lines are searched before the unit's,
+    and the last match wins. Without any match, the journal's last line is
+    returned.
+    """
+    daemon_lines = _journal_lines(daemon_log)
+    unit_lines = _journal_lines(journal)
+    for pattern in _FAILURE_LINES:
+        for lines in (daemon_lines, unit_lines):
+            matches = [line for line in lines if pattern.search(line)]
+            if matches:
+                return _message(matches[-1])
+    fallback = unit_lines or daemon_lines
+    return _message(fallback[-1]) if fallback else ""
+
+
+def _journal_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _message(line: str) -> str:
+    """Return the ``msg`` field of a logrus line, or the line itself."""
+    match = _LOGRUS_MESSAGE.search(line)
     if match:
-        chosen = match.group(1).replace('\\"', '"')
-    return chosen
+        return match.group(1).replace('\\"', '"')
+    return line
+
+
+def rollback_error_line(emitted: dict[str, str]) -> str:
+    """Return the daemon's error from a restore script's output."""
+    return daemon_error_line(
+        emitted.get("rollback_journal", ""), emitted.get("rollback_daemon_log", "")
+    )
 
 
 def changed_keys(previous_json: str, new_json: str) -> list[str]:
@@ -93,7 +129,7 @@ def explain(
     engine: dict | None,
 ) -> EngineStartError:
     """Build the error for a restart that failed, from what the script printed."""
-    message = daemon_error_line(emitted.get("journal", ""))
+    message = daemon_error_line(emitted.get("journal", ""), emitted.get("daemon_log", ""))
     changed = changed_keys(emitted.get("previous_daemon_json", ""), new_json)
     keys = suspected_keys(message, new_json, changed)
     options = [engine_options.option_name(key, engine) for key in keys]
@@ -114,7 +150,7 @@ def explain(
     else:
         text += (
             "Restoring the previous configuration failed as well: "
-            f"{json.dumps(daemon_error_line(emitted.get('rollback_journal', '')))}. "
+            f"{json.dumps(rollback_error_line(emitted))}. "
             "Log in to the host and read `journalctl -u docker.service`."
         )
     return EngineStartError(text, options, message, restored)

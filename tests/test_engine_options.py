@@ -192,6 +192,51 @@ def test_daemon_error_line_unwraps_logrus_message():
     assert restart_failure.daemon_error_line(journal) == 'unable to configure the "x" daemon'
 
 
+# The journal of docker.service as docker.io 20.10 on Debian 12 writes it
+# when another process listens on the engine port. After dockerd's error,
+# systemd logs the exit and, with Restart=on-failure, the next start.
+PORT_TAKEN_DAEMON_LOG = """\
+time="2026-12-04T23:16:37.039701410Z" level=info msg="Starting up"
+time="2026-12-04T23:16:38.135340210Z" level=warning msg="Support for listening on TCP without authentication or explicit intent to run without authentication will be removed in the next release" host="tcp://0.0.0.0:2399"
+failed to load listeners: listen tcp 0.0.0.0:2399: bind: address already in use
+"""
+PORT_TAKEN_JOURNAL = (
+    "Starting docker.service - Docker Application Container Engine...\n"
+    + PORT_TAKEN_DAEMON_LOG
+    + """\
+docker.service: Main process exited, code=exited, status=1/FAILURE
+docker.service: Failed with result 'exit-code'.
+Failed to start docker.service - Docker Application Container Engine.
+docker.service: Scheduled restart job, restart counter is at 1.
+Stopped docker.service - Docker Application Container Engine.
+Starting docker.service - Docker Application Container Engine...
+"""
+)
+PORT_TAKEN_ERROR = (
+    "failed to load listeners: listen tcp 0.0.0.0:2399: bind: address already in use"
+)
+
+
+def test_daemon_error_line_prefers_dockerd_lines():
+    line = restart_failure.daemon_error_line(PORT_TAKEN_JOURNAL, PORT_TAKEN_DAEMON_LOG)
+    assert line == PORT_TAKEN_ERROR
+
+
+def test_daemon_error_line_skips_systemd_lines():
+    # Without dockerd's own lines, the unit's journal still yields its error.
+    assert restart_failure.daemon_error_line(PORT_TAKEN_JOURNAL) == PORT_TAKEN_ERROR
+
+
+def test_daemon_error_line_falls_back_to_systemd():
+    journal = (
+        "docker.service: Start request repeated too quickly.\n"
+        "docker.service: Failed with result 'start-limit-hit'.\n"
+        "Failed to start docker.service - Docker Application Container Engine.\n"
+    )
+    line = restart_failure.daemon_error_line(journal, "")
+    assert line == "Failed to start docker.service - Docker Application Container Engine."
+
+
 def _daemon_json(engine: dict) -> str:
     settings = engine_options.render_settings(engine, "generic")
     return daemon_config.render_daemon_json({}, 2376, settings)
@@ -222,6 +267,22 @@ def test_failed_restart_names_unknown_daemon_json_key():
     emitted = {"journal": journal, "previous_daemon_json": _daemon_json({}), "rollback": "restored"}
     error = restart_failure.explain("m1", "tcp://h:2376", emitted, _daemon_json(new), new)
     assert error.options == ["engine.daemonJson.no-such-option"]
+
+
+def test_failed_restart_names_taken_port():
+    new = engine_options.check_engine({})
+    emitted = {
+        "journal": PORT_TAKEN_JOURNAL,
+        "daemon_log": PORT_TAKEN_DAEMON_LOG,
+        "previous_daemon_json": "",
+        "rollback": "restored",
+    }
+    settings = engine_options.render_settings(new, "generic")
+    new_json = daemon_config.render_daemon_json({}, 2399, settings)
+    error = restart_failure.explain("m1", "tcp://h:2399", emitted, new_json, new)
+    assert error.daemon_message == PORT_TAKEN_ERROR
+    assert error.options == ["hosts"]
+    assert "Starting docker.service" not in str(error)
 
 
 def test_failed_restart_without_match_names_every_change():

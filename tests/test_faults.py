@@ -435,9 +435,6 @@ MESSAGES = [
             "configure failed, removing what it placed",
         ],
         id="engine-port-taken",
-        # TODO: the journal excerpt of a failed restart missed dockerd's own
-        # line in the last run and quoted systemd's "Starting docker.service".
-        marks=pytest.mark.xfail(reason="the journal excerpt missed dockerd's bind error"),
     ),
     pytest.param(
         "no_sudo_run",

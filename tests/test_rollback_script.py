@@ -127,6 +127,7 @@ def test_failed_restart_restores_previous_files(sandbox):
     assert emitted["restart_failed"] == "yes"
     assert emitted["rollback"] == "restored"
     assert "graphdriver" in emitted["journal"]
+    assert "graphdriver" in emitted["daemon_log"]
     assert emitted["previous_daemon_json"] == '{"storage-driver": "overlay2"}\n'
     etc_docker = sandbox.root / "etc-docker"
     assert (etc_docker / "daemon.json").read_text() == '{"storage-driver": "overlay2"}\n'
