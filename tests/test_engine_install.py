@@ -118,6 +118,30 @@ def test_dockerd_version_parsed():
     assert engine_install.dockerd_version(text) == "26.1.5+dfsg1"
 
 
+# The start of a GET /version body of dockerd 26.1.5: the components come
+# before the engine's own Version.
+VERSION_JSON = (
+    '{"Platform":{"Name":""},"Components":[{"Name":"Engine",'
+    '"Version":"26.1.5+dfsg1"},{"Name":"containerd","Version":"1.6.20~ds1"}],'
+    '"Version":"26.1.5+dfsg1","ApiVersion":"1.45"}'
+)
+
+
+@pytest.mark.parametrize(
+    "engine, expected",
+    [
+        pytest.param({"client": "docker", "server_version": "20.10.24+dfsg1"}, "20.10.24+dfsg1", id="client"),
+        pytest.param({"client": "curl", "version_json": VERSION_JSON}, "26.1.5+dfsg1", id="api"),
+        pytest.param({"client": "curl", "version_json": ""}, "", id="api-no-answer"),
+        pytest.param({"client": "curl", "version_json": "curl: (7) failed"}, "", id="api-not-json"),
+        pytest.param({"client": "curl", "version_json": '["26.1.5"]'}, "", id="api-not-object"),
+        pytest.param({"client": "none"}, "", id="no-client"),
+    ],
+)
+def test_server_version_from_probe(engine, expected):
+    assert engine_install.server_version(engine) == expected
+
+
 OLD = {
     "dockerd": "/usr/sbin/dockerd",
     "dockerd_version": "Docker version 20.10.24+dfsg1, build 5d6db84",
