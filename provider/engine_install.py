@@ -75,7 +75,12 @@ class InstallSettings:
         """Build the settings from a checked ``install`` input (``None``: none)."""
         if not value:
             return cls()
-        return cls(**{key: value[key] for key in SETTINGS if value.get(key) is not None})
+        settings = {key: value[key] for key in SETTINGS if value.get(key) is not None}
+        # The engine passes every number as a float (8 arrives as 8.0), and
+        # messages should show the whole seconds the user wrote.
+        if "wait_timeout" in settings:
+            settings["wait_timeout"] = int(settings["wait_timeout"])
+        return cls(**settings)
 
     @property
     def source_suite(self) -> str:

@@ -118,7 +118,7 @@ def test_dockerd_version_parsed():
     assert engine_install.dockerd_version(text) == "26.1.5+dfsg1"
 
 
-# The start of a GET /version body of dockerd 26.1.5: the components come
+# A shortened GET /version body of dockerd 26.1.5, whose components come
 # before the engine's own Version.
 VERSION_JSON = (
     '{"Platform":{"Name":""},"Components":[{"Name":"Engine",'
@@ -171,6 +171,12 @@ def test_install_reason(settings, engine, expected):
         assert reason is None
     else:
         assert expected in reason
+
+
+def test_settings_wait_timeout_whole_seconds():
+    settings = InstallSettings.from_input({"method": "package", "wait_timeout": 8.0})
+    assert settings.wait_timeout == 8
+    assert isinstance(settings.wait_timeout, int)
 
 
 def test_source_suite_from_line():
