@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,12 @@ class InstallSettings:
         """Build the settings from a checked ``install`` input (``None``: none)."""
         if not value:
             return cls()
-        return cls(**{key: value[key] for key in SETTINGS if value.get(key) is not None})
+        settings = {key: value[key] for key in SETTINGS if value.get(key) is not None}
+        # The engine passes every number as a float (8 arrives as 8.0), and
+        # messages should show the whole seconds the user wrote.
+        if "wait_timeout" in settings:
+            settings["wait_timeout"] = int(settings["wait_timeout"])
+        return cls(**settings)
 
     @property
     def source_suite(self) -> str:
@@ -247,6 +253,23 @@ def dockerd_version(text: str) -> str:
     return match.group(1) if match else ""
 
 
+def server_version(engine: dict[str, str]) -> str:
+    """Return the version of the running daemon from an engine probe, or ''.
+
+    The probe prints it from the docker client (``server_version``) or, on
+    hosts without a client, as the body of the API's ``GET /version``
+    (``version_json``).
+    """
+    if engine.get("server_version"):
+        return engine["server_version"]
+    try:
+        body = json.loads(engine.get("version_json") or "{}")
+    except ValueError:
+        return ""
+    version = body.get("Version") if isinstance(body, dict) else None
+    return version if isinstance(version, str) else ""
+
+
 def install_reason(settings: InstallSettings, engine: dict[str, str]) -> str | None:
     """Return why Docker must be installed on a host, or None to leave it."""
     if settings.method == "none":
@@ -383,14 +406,21 @@ async def _check_running_version(
             f"{session.target.host}; check the output of the install method "
             f"{settings.method!r}"
         )
-    if engine.get("server_version") != installed:
+    if engine.get("client") == "none":
+        raise EngineInstallError(
+            f"{name}: Docker {installed} is installed on {session.target.host}, "
+            f"but its running version cannot be checked because the host has "
+            f"neither the docker client nor curl. Install one of them there "
+            f"(the client is Debian's docker-cli package) and run `pulumi up` again"
+        )
+    if server_version(engine) != installed:
         report(
             f"{name}: restarting Docker: the running daemon is "
-            f"{engine.get('server_version') or 'not answering'}, the installed one {installed}"
+            f"{server_version(engine) or 'not answering'}, the installed one {installed}"
         )
         await session.run_script(install_scripts.RESTART_SCRIPT, "restarting Docker")
         engine = await _probe_engine(session)
-    running = engine.get("server_version", "")
+    running = server_version(engine)
     if running != installed:
         raise EngineInstallError(
             f"{name}: Docker {installed} is installed on {session.target.host} but "

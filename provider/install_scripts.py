@@ -24,6 +24,7 @@ PACKAGE_LOCKS = (
     "/var/cache/apt/archives/lock",
 )
 
+DOCKER_SOCKET = "/var/run/docker.sock"
 SOURCE_LIST = "/etc/apt/sources.list.d/pulumi-docker-machine.list"
 SOURCE_PREFERENCES = "/etc/apt/preferences.d/pulumi-docker-machine"
 
@@ -62,19 +63,31 @@ done
 )
 
 # Prints what is installed: dockerd's path and version, the docker.io
-# package version, and the version of the daemon running now.
+# package version, and the version of the daemon running now. The docker
+# client reads that version. On a host without the client, curl sends
+# GET /version to the Unix socket and the script prints the body as
+# version_json. Debian 13's docker.io 26.1.5 contains no client, because the
+# client moved to docker-cli, which docker.io only recommends. So an upgrade
+# from Debian 12's docker.io without recommends removes /usr/bin/docker.
 ENGINE_PROBE_SCRIPT = (
     "set -u\n"
     + _EMIT_FUNCTIONS
-    + """\
+    + f"""\
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 emit dockerd "$(command -v dockerd || true)"
 if command -v dockerd >/dev/null 2>&1; then
     emit dockerd_version "$(dockerd --version 2>/dev/null || true)"
 fi
-emit package_version "$(dpkg-query -W -f '${Version}' docker.io 2>/dev/null || true)"
+emit package_version "$(dpkg-query -W -f '${{Version}}' docker.io 2>/dev/null || true)"
 if command -v docker >/dev/null 2>&1; then
-    emit server_version "$(timeout 60 docker version --format '{{.Server.Version}}' 2>/dev/null || true)"
+    emit client docker
+    emit server_version "$(timeout 60 docker version --format '{{{{.Server.Version}}}}' 2>/dev/null || true)"
+elif command -v curl >/dev/null 2>&1; then
+    emit client curl
+    emit version_json "$(curl -sS --max-time 60 --unix-socket {DOCKER_SOCKET} \\
+        http://docker/version 2>/dev/null || true)"
+else
+    emit client none
 fi
 """
 )
@@ -126,16 +139,26 @@ apt_run() {{
 """
 
 # Installs Debian's docker.io, at the version "$1" when it is not empty.
+# In Debian 13 the docker client is the package docker-cli, built from the
+# same source at the same version, and docker.io only recommends it. So the
+# script installs docker-cli too when apt has it at docker.io's version.
 # Runs as root.
 PACKAGE_INSTALL_SCRIPT = (
     "set -eu\n"
     + _APT_FUNCTIONS
     + """\
-package=docker.io
-if [ -n "$1" ]; then package="docker.io=$1"; fi
 apt_run update
+version="$1"
+if [ -z "$version" ]; then
+    version=$(apt-cache policy docker.io | sed -n 's/^ *Candidate: *//p')
+fi
+packages="docker.io${1:+=$1}"
+if [ -n "$version" ] && apt-cache show "docker-cli=$version" >/dev/null 2>&1; then
+    packages="$packages docker-cli=$version"
+fi
+# $packages is split into its words on purpose.
 apt_run install -y --no-install-recommends --allow-downgrades \\
-    -o Dpkg::Options::=--force-confold "$package"
+    -o Dpkg::Options::=--force-confold $packages
 """
 )
 

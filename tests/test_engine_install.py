@@ -118,6 +118,30 @@ def test_dockerd_version_parsed():
     assert engine_install.dockerd_version(text) == "26.1.5+dfsg1"
 
 
+# A shortened GET /version body of dockerd 26.1.5, whose components come
+# before the engine's own Version.
+VERSION_JSON = (
+    '{"Platform":{"Name":""},"Components":[{"Name":"Engine",'
+    '"Version":"26.1.5+dfsg1"},{"Name":"containerd","Version":"1.6.20~ds1"}],'
+    '"Version":"26.1.5+dfsg1","ApiVersion":"1.45"}'
+)
+
+
+@pytest.mark.parametrize(
+    "engine, expected",
+    [
+        pytest.param({"client": "docker", "server_version": "20.10.24+dfsg1"}, "20.10.24+dfsg1", id="client"),
+        pytest.param({"client": "curl", "version_json": VERSION_JSON}, "26.1.5+dfsg1", id="api"),
+        pytest.param({"client": "curl", "version_json": ""}, "", id="api-no-answer"),
+        pytest.param({"client": "curl", "version_json": "curl: (7) failed"}, "", id="api-not-json"),
+        pytest.param({"client": "curl", "version_json": '["26.1.5"]'}, "", id="api-not-object"),
+        pytest.param({"client": "none"}, "", id="no-client"),
+    ],
+)
+def test_server_version_from_probe(engine, expected):
+    assert engine_install.server_version(engine) == expected
+
+
 OLD = {
     "dockerd": "/usr/sbin/dockerd",
     "dockerd_version": "Docker version 20.10.24+dfsg1, build 5d6db84",
@@ -147,6 +171,12 @@ def test_install_reason(settings, engine, expected):
         assert reason is None
     else:
         assert expected in reason
+
+
+def test_settings_wait_timeout_whole_seconds():
+    settings = InstallSettings.from_input({"method": "package", "wait_timeout": 8.0})
+    assert settings.wait_timeout == 8
+    assert isinstance(settings.wait_timeout, int)
 
 
 def test_source_suite_from_line():
