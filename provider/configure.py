@@ -2,9 +2,11 @@
 
 Each step opens one SSH connection and runs everything over it. A configure
 runs a preflight script (wait for cloud-init, read the host's facts), an
-install when one is asked for, and one apply script that carries the files
-and restarts Docker; then the mutual-TLS check from this machine. A failed
-first configure removes what it placed on the host.
+install when one is requested, and one apply script that carries the files
+and restarts Docker. Then it checks mutual TLS from this machine and removes
+the previous configuration's copy on the host. So a ready host with Docker
+costs three sessions, or four with an install method (the engine probe). A
+failed first configure removes what it placed on the host.
 """
 
 from __future__ import annotations
@@ -245,11 +247,9 @@ async def configure_host(
     settings = engine_install.InstallSettings.from_input(request.install)
     report(f"{name}: connecting to {request.target().label}")
     async with open_session(request.target()) as session:
-        # Nothing of the TLS settings is on the host yet, so a failure before
-        # _place_and_verify has nothing to undo. A host that is ready and
-        # has Docker costs one session here (the preflight script), one to
-        # probe the engine when an install method is set, then the apply and
-        # the removal of the previous copy: at most four.
+        # Nothing of the TLS settings is on the host before _place_and_verify,
+        # so a failure up to there has nothing to undo. On a ready host with
+        # Docker this step runs at most four sessions (see the module doc).
         facts = await engine_install.wait_until_ready(session, name, settings)
         _check_access(session, name, facts)
         installed = await engine_install.install_if_needed(session, name, settings)

@@ -66,9 +66,9 @@ TLS_WAIT_SECONDS = 60.0
 TLS_POLL_SECONDS = 0.05
 PROVIDER_LOAD_RUNS = 5
 
-# What one provider process does before it serves the first check: the
-# imports of pulumi/dynamic/__main__.py (pulumi 3.272), then dill.loads of
-# each provider in the state, given as base64 arguments. Prints both times.
+# The start-up of one provider process before its first check: the imports
+# of pulumi/dynamic/__main__.py (pulumi 3.272), then dill.loads of each
+# provider in the state, given as base64 arguments. Prints both times.
 PROVIDER_LOAD_PROGRAM = """
 import sys, time
 start = time.perf_counter()

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.lighthosts]
 
 HOSTS = 16
 # A configure runs the preflight script, the apply script that carries the
-# files, and the removal of the previous copy; an install method adds the
+# files, and the removal of the previous copy. An install method adds the
 # engine probe.
 MAX_SESSIONS_PER_CONFIGURE = 4
 # Enough engine steps for every machine at once. The default of pulumi CLI

@@ -23,7 +23,7 @@ DRIVER_MODULES = {
 }
 STATES = ("running", "stopped")
 # The SSH login of a machine whose sshUser is unset: the user of the
-# driver's default image (Ubuntu's cloud images refuse root), else root.
+# driver's default image (Ubuntu's cloud images reject root), else root.
 DEFAULT_SSH_USERS = {"amazonec2": "ubuntu"}
 
 
