@@ -1,9 +1,10 @@
 """A record of when each remote operation starts and ends, across provider processes.
 
-A stack's machines are served by several provider processes (see
-:mod:`provider.program`), so "how many configures ran at once" cannot be read
-from one process. When ``PULUMI_DOCKER_MACHINE_OPERATION_LOG`` names a file,
-every process appends one JSON line per start and end to it. The engine
+It shows how many configures ran at once, and in which process. A `pulumi
+up` runs a preview and then an update, each in provider processes of its own,
+and a stack may declare providers of its own. When
+``PULUMI_DOCKER_MACHINE_OPERATION_LOG`` names a file, every process appends
+one JSON line per start and end to it. The engine
 passes its environment on to provider processes, so setting the variable
 for ``pulumi`` is enough. Each line of about 150 bytes goes out in one
 ``write`` on an ``O_APPEND`` descriptor, so on a local file system lines from

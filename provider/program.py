@@ -39,25 +39,6 @@ MACHINE_KEYS = {
     *DRIVER_MODULES,
 }
 
-# The Python dynamic provider server (pulumi 3.272.0, the Python package, in
-# pulumi/dynamic/__main__.py) serves every resource of one provider process
-# on a gRPC server with ThreadPoolExecutor(max_workers=4), and each create
-# keeps its thread until the host is configured. So one process configures at
-# most 4 machines at once. Every explicit ProviderResource of the
-# "pulumi-python" package gets a process of its own (checked with CLI
-# v3.276.0), so machines go in groups of MACHINES_PER_PROVIDER to separate
-# processes. The first group stays on the default provider, so stacks of up
-# to 4 machines start no extra process. A machine's group follows from its
-# position in the list, so appending machines moves none. Removing an earlier
-# machine moves some later ones to another provider. The engine (CLI
-# v3.276.0) keeps such a moved resource as it is: `pulumi up` neither updates
-# nor replaces it and opens no SSH connection to it, as tests/test_fleet.py
-# checks. Each resource carries its own pickled dynamic provider, so any
-# provider process can serve it. The engine runs at most
-# `--parallel` steps at once (4 per core by default), which still caps the
-# number of configures in flight.
-MACHINES_PER_PROVIDER = 4
-MAX_PROVIDER_PROCESSES = 8
 # Stack configuration names of the install settings -> DockerDaemonConfig's.
 INSTALL_KEYS = {
     "method": "method",
@@ -236,28 +217,6 @@ def _write_cert_dir(directory: Path, values: list[str]) -> str:
     return str(directory)
 
 
-def provider_group(index: int) -> int:
-    """Return the provider process group of the machine at ``index`` in the list."""
-    return (index // MACHINES_PER_PROVIDER) % MAX_PROVIDER_PROCESSES
-
-
-def provider_options(machines: list[MachineSpec]) -> list[pulumi.ResourceOptions | None]:
-    """Declare the extra provider of each group; return each machine's options."""
-    providers: dict[int, pulumi.ProviderResource] = {}
-    options: list[pulumi.ResourceOptions | None] = []
-    for index in range(len(machines)):
-        group = provider_group(index)
-        if group == 0:
-            options.append(None)
-            continue
-        if group not in providers:
-            providers[group] = pulumi.ProviderResource(
-                "pulumi-python", f"machines-provider-{group}", {}
-            )
-        options.append(pulumi.ResourceOptions(provider=providers[group]))
-    return options
-
-
 def declare_host(
     machine: MachineSpec, opts: pulumi.ResourceOptions | None = None
 ) -> Host:
@@ -347,9 +306,11 @@ def main() -> None:
 
     public: dict[str, Any] = {}
     secret: dict[str, Any] = {}
-    for machine, opts in zip(machines, provider_options(machines)):
+    # All machines share the default provider process, whose worker pool
+    # provider/worker_pool.py widens so that it configures them side by side.
+    for machine in machines:
         public[machine.name], secret[machine.name] = declare_machine(
-            machine, ca, pulumi.get_project(), pulumi.get_stack(), opts
+            machine, ca, pulumi.get_project(), pulumi.get_stack()
         )
     pulumi.export("machines", public)
     pulumi.export("machineSecrets", pulumi.Output.secret(secret))

@@ -105,12 +105,3 @@ def test_record_marks_failure(tmp_path, monkeypatch):
 
     entries = [json.loads(line) for line in path.read_text().splitlines()]
     assert [entry["event"] for entry in entries] == ["start", "failed"]
-
-
-@pytest.mark.parametrize(
-    ("index", "group"),
-    [(0, 0), (3, 0), (4, 1), (15, 3), (31, 7), (32, 0)],
-    ids=["first", "end-of-first", "second", "sixteenth", "last-group", "wraps"],
-)
-def test_provider_group_by_position(index, group):
-    assert program.provider_group(index) == group

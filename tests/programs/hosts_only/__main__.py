@@ -1,8 +1,7 @@
 """Host resources only, for the machines listed under ``machines``.
 
 The tests use it to create machines without configuring Docker on them. The
-entries are read and checked as the project's program reads them, and each
-Host goes to the provider process of its machine's group. The project's root
+entries are read and checked as the project's program reads them. The project's root
 directory must be on PYTHONPATH, for this program and for the provider
 processes that unpickle the Host provider.
 """
@@ -13,7 +12,7 @@ from provider import program
 
 machines = program.parse_machines(pulumi.Config().require_object("machines"))
 addresses = {}
-for machine, opts in zip(machines, program.provider_options(machines)):
-    host = program.declare_host(machine, opts)
+for machine in machines:
+    host = program.declare_host(machine)
     addresses[machine.name] = host.address
 pulumi.export("addresses", addresses)
