@@ -20,10 +20,28 @@ bin_dir=$engine_dir/bin
 
 log() { echo "install-engine: $*" >&2; }
 
-if [[ -x $bin_dir/pulumi && -x $bin_dir/pulumi-language-python \
-      && -x $bin_dir/pulumi-resource-pulumi-python \
-      && -x $bin_dir/pulumi-language-python-exec ]]; then
+engine_ready() {
+    [[ -x $bin_dir/pulumi && -x $bin_dir/pulumi-language-python \
+       && -x $bin_dir/pulumi-resource-pulumi-python \
+       && -x $bin_dir/pulumi-language-python-exec ]]
+}
+
+if engine_ready; then
     log "reusing the engine in $bin_dir"
+    echo "$bin_dir"
+    exit 0
+fi
+
+# Two clones set up at once on one machine share this cache: the second
+# waits for the first build instead of writing into the same directory.
+mkdir -p "$engine_dir"
+exec 9>"$engine_dir.lock"
+if ! flock --nonblock 9; then
+    log "waiting for another build of the engine in $engine_dir (lock $engine_dir.lock)"
+    flock 9
+fi
+if engine_ready; then
+    log "reusing the engine another process built in $bin_dir"
     echo "$bin_dir"
     exit 0
 fi
@@ -32,6 +50,7 @@ command -v go >/dev/null || { log "go not found on PATH: install Go 1.26 or late
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+rm -rf "$bin_dir.partial"
 mkdir -p "$bin_dir.partial"
 
 module_dir() {
