@@ -30,11 +30,14 @@ def cert_path(project: str, stack: str, machine: str) -> Path:
 
 
 def _write_atomically(path: Path, text: str, mode: int) -> None:
+    # mkstemp creates the file 0600, so the key is never readable by others.
+    # Windows Python has os.fchmod only from 3.13, so the mode is set by path.
+    # On Windows os.chmod sets only the read-only flag.
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(descriptor, mode)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

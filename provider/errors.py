@@ -96,6 +96,14 @@ class TLSVerificationError(DockerMachineError):
     was accepted."""
 
 
+class DaemonResponseError(DockerMachineError):
+    """The daemon's port completed mutual TLS but did not respond as dockerd.
+
+    An HTTP status other than 200, or a ``/_ping`` body other than ``OK``,
+    means that another server (a proxy, a different service) listens there.
+    """
+
+
 class EngineStartError(DockerMachineError):
     """Docker did not start with a new daemon configuration.
 

@@ -3,7 +3,8 @@
 A network fault (no listener, connection refused, timeout) is reported as
 :class:`DaemonUnreachableError`, never as a certificate problem. A certificate
 problem is reported as :class:`TLSVerificationError` with which side rejected
-which certificate.
+which certificate. An HTTP response other than dockerd's, after a successful
+handshake, is reported as :class:`DaemonResponseError`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from provider.errors import DaemonUnreachableError, TLSVerificationError
+from provider.errors import (
+    DaemonResponseError,
+    DaemonUnreachableError,
+    TLSVerificationError,
+)
 from provider.progress import report
 
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -79,9 +84,11 @@ def _get(
     finally:
         connection.close()
     if response.status != 200:
-        raise TLSVerificationError(
+        raise DaemonResponseError(
             f"GET {path} on {docker_host_url(address, port)} returned HTTP "
-            f"{response.status}: {body[:200]!r}"
+            f"{response.status} {response.reason}: {body[:200]!r}; the TLS "
+            f"handshake succeeded, so a proxy or a server other than dockerd "
+            f"may listen on port {port}"
         )
     return body
 
@@ -145,7 +152,11 @@ def fetch_version(
         except (OSError, ssl.SSLError, http.client.HTTPException) as error:
             raise _classify(error, address, port, timeout) from error
     if ping.strip() != b"OK":
-        raise TLSVerificationError(f"/_ping returned {ping[:100]!r}, expected OK")
+        raise DaemonResponseError(
+            f"GET /_ping on {docker_host_url(address, port)} returned "
+            f"{ping[:100]!r}, expected OK; a server other than dockerd may "
+            f"listen on port {port}"
+        )
     return json.loads(version)
 
 
@@ -158,6 +169,9 @@ def check_rejects_anonymous(address: str, port: int, ca_cert_pem: str) -> None:
             return
         except http.client.RemoteDisconnected:
             return
+        except DaemonResponseError:
+            # Any HTTP response means the handshake accepted the client.
+            pass
         except (OSError, http.client.HTTPException) as error:
             raise _classify(error, address, port) from error
     raise TLSVerificationError(

@@ -2,8 +2,10 @@
 
 The stacks here live on private file backends of the real ``pulumi`` CLI.
 One has no outputs; another gets machine outputs through ``pulumi stack
-import``, so every command can be given an unknown machine without a VM.
-The live check runs against a closed port and a TLS server of another CA.
+import``, so every command can be given an unknown machine without a VM,
+and the selected stack, ``--cwd`` and a machine without an SSH key are
+read through the real CLI. The live check runs against a closed port and a
+TLS server of another CA.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from tests.harness.pulumi_cli import PROJECT_DIR, PROJECT_NAME
 pytestmark = pytest.mark.engine
 
 COMMANDS = ["env", "context", "status", "ip", "url", "config", "inspect", "ssh"]
+RECORDED_HOST_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEiwsmk/z7/wutrP9WfO2hGVHyhRLBE1hYgJn8dbIXh7"
+)
 
 
 def run_tool(stack, *args, cwd=PROJECT_DIR, env=None):
@@ -69,6 +74,8 @@ def imported_stack(stack_factory):
         "state": "running",
         "caCertPem": ca.cert_pem,
         "clientCertPem": client.cert_pem,
+        # A host key but no sshPrivateKey below: `ssh` lacks only the key.
+        "sshHostKey": RECORDED_HOST_KEY,
     }
     deployment["deployment"]["resources"] = [
         {
@@ -152,6 +159,45 @@ def test_qualified_stack_outside_project(imported_stack, tmp_path):
     completed = run_tool(imported_stack, "ip", "--stack", qualified, "build-1", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "127.0.0.1"
+
+
+def test_selected_stack_without_stack_option(imported_stack):
+    # `pulumi stack init` selected the stack for this PULUMI_HOME.
+    completed = run_tool(imported_stack, "ip", "build-1")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "127.0.0.1"
+
+
+def test_cwd_option_names_project(imported_stack, tmp_path):
+    completed = run_tool(
+        imported_stack, "url", "--cwd", str(PROJECT_DIR), "build-1", cwd=tmp_path
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "tcp://127.0.0.1:9"
+
+
+def test_env_unset_missing_stack(empty_stack):
+    completed = run_tool(
+        empty_stack, "env", "--unset", "--shell", "bash", "--stack", "nosuch", "build-1"
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "unset DOCKER_HOST" in completed.stdout
+
+
+def test_ssh_without_private_key(imported_stack):
+    completed = run_tool(
+        imported_stack, "ssh", "--stack", imported_stack.name, "build-1"
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "has no sshPrivateKey" in completed.stderr
+
+
+def test_ls_closed_port_row(imported_stack):
+    completed = run_tool(imported_stack, "ls", "--stack", imported_stack.name)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    (row,) = [line for line in lines if line.startswith("build-1")]
+    assert "network error" in row
 
 
 @pytest.mark.parametrize(

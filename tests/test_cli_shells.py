@@ -9,6 +9,7 @@ checks that every value arrives byte for byte. Set
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,12 +33,19 @@ WINDOWS_VALUES = {
     **POSIX_VALUES,
     "DOCKER_CERT_PATH": "C:\\Users\\Jane Doe\\.pulumi-docker-machine\\machines\\p\\dev\\build-1",
 }
+# PowerShell ends a single-quoted string at U+2018, U+2019, U+201A and U+201B
+# as well as at the ASCII quote.
+QUOTE_VALUES = {
+    **POSIX_VALUES,
+    "DOCKER_CERT_PATH": "C:\\Users\\O\u2019Brien\\\u2018a\u2019 \u201ab\u201b 'c'",
+}
 HINT_SET = ["pulumi-docker-machine", "env", "--stack", "dev team", "build-1"]
 HINT_UNSET = ["pulumi-docker-machine", "env", "--unset"]
 
 CASES = [
     *[(shell, "set-posix", POSIX_VALUES, HINT_SET) for shell in shells.SHELLS if shell != "cmd"],
     *[(shell, "set-windows", WINDOWS_VALUES, HINT_SET) for shell in shells.SHELLS],
+    *[(shell, "set-quotes", QUOTE_VALUES, HINT_SET) for shell in shells.SHELLS],
     *[(shell, "unset", dict.fromkeys(POSIX_VALUES), HINT_UNSET) for shell in shells.SHELLS],
 ]
 
@@ -50,8 +58,8 @@ def test_env_golden(shell, case, values, hint):
     golden = GOLDEN_DIR / f"{shell}.{case}.txt"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text()
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
 
 
 def test_cmd_rejects_double_quote():
@@ -64,6 +72,48 @@ def test_cmd_rejects_double_quote():
 def test_cmd_rejects_percent():
     with pytest.raises(shells.UnsupportedShellError):
         shells.render_set("cmd", "DOCKER_CERT_PATH", "C:\\%USERPROFILE%\\certs")
+
+
+@pytest.mark.parametrize("quote", list("'\u2018\u2019\u201a\u201b"))
+def test_powershell_doubles_each_quote(quote):
+    assert shells.quote_powershell(f"a{quote}b") == f"'a{quote}{quote}b'"
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["dev team", "C:\\Users\\Jane Doe\\project\\", "C:\\a b\\\\", "a&b |c"],
+    ids=["space", "trailing-backslash", "two-trailing-backslashes", "cmd-operators"],
+)
+def test_cmd_hint_quotes_like_windows_argv(argument):
+    # subprocess.list2cmdline applies the argument rules of the Microsoft C
+    # runtime, which a Windows program uses to split its command line.
+    assert shells.quote_cmd_argument(argument) == subprocess.list2cmdline([argument])
+
+
+@pytest.mark.parametrize(
+    "argument", ['C:\\a"b', "C:\\%USERPROFILE%"], ids=["quote", "percent"]
+)
+def test_cmd_hint_rejects_argument(argument):
+    hint = ["pulumi-docker-machine", "env", "--cwd", argument, "build-1"]
+    with pytest.raises(shells.UnsupportedShellError) as caught:
+        shells.render_env("cmd", WINDOWS_VALUES, hint)
+    assert repr(argument) in str(caught.value)
+    assert "--shell powershell" in str(caught.value)
+
+
+def _elisp_strings(line: str) -> list[str]:
+    """Return the string literals of an Emacs Lisp line, unescaped."""
+    literals = re.findall(r'"((?:[^"\\]|\\.)*)"', line)
+    return [re.sub(r"\\(.)", r"\1", literal) for literal in literals]
+
+
+def test_emacs_hint_passes_arguments_intact():
+    cwd = "/home/o'neil/a \"b\"\\c $HOME"
+    hint = ["pulumi-docker-machine", "env", "--cwd", cwd, "build-1"]
+    text = shells.render_env("emacs", dict.fromkeys(POSIX_VALUES), hint)
+    usage = text.splitlines()[-1]
+    assert usage.startswith(";; (with-temp-buffer (call-process ")
+    assert _elisp_strings(usage) == hint
 
 
 def test_tcsh_rejects_newline():
@@ -94,7 +144,11 @@ def _round_trip_command(shell: str, names: list[str], script: Path) -> list[str]
 
 
 @pytest.mark.parametrize("shell", sorted(ROUND_TRIP))
-@pytest.mark.parametrize("values", [POSIX_VALUES, WINDOWS_VALUES], ids=["posix", "windows"])
+@pytest.mark.parametrize(
+    "values",
+    [POSIX_VALUES, WINDOWS_VALUES, QUOTE_VALUES],
+    ids=["posix", "windows", "quotes"],
+)
 def test_env_round_trip(shell, values, tmp_path):
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} is not installed (scripts/setup.sh installs it)")

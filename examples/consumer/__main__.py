@@ -34,10 +34,20 @@ def pick_machine(machines: dict) -> dict:
     return machines[machine_name]
 
 
+def pick_client_key(secrets: dict) -> str:
+    """Return the named machine's client key, or fail saying which is missing."""
+    entry = secrets.get(machine_name) or {}
+    if not entry.get("clientKeyPem"):
+        raise pulumi.RunError(
+            f"machine {machine_name!r} has no clientKeyPem in the machineSecrets "
+            f"output of stack {config.require('machineStack')}; run `pulumi up` "
+            f"on that stack"
+        )
+    return entry["clientKeyPem"]
+
+
 machine = machine_stack.require_output("machines").apply(pick_machine)
-client_key_pem = machine_stack.require_output("machineSecrets").apply(
-    lambda secrets: secrets[machine_name]["clientKeyPem"]
-)
+client_key_pem = machine_stack.require_output("machineSecrets").apply(pick_client_key)
 
 
 def write_private(path: str, text: str) -> None:

@@ -28,7 +28,11 @@ from provider.cli.errors import (
     CliError,
 )
 from provider.cli.stackoutputs import Machine, StackSelection, find_machine, load_machines
-from provider.errors import DaemonUnreachableError, TLSVerificationError
+from provider.errors import (
+    DaemonResponseError,
+    DaemonUnreachableError,
+    TLSVerificationError,
+)
 
 PROGRAM = "pulumi-docker-machine"
 DOCKER_VARIABLES = (
@@ -83,25 +87,43 @@ def probe(machine: Machine, timeout: float) -> str | None:
     """Return None if the daemon responds over mutual TLS, else the error.
 
     Network faults and certificate faults are named apart, because only the
-    second is fixed by re-signing certificates.
+    second is fixed by re-signing certificates. Raise :class:`CliError`,
+    before any connection, when the machine lacks an output the check needs.
     """
+    port = engine_port(machine)
+    client_key = machine.secret("clientKeyPem")
     try:
         tlsprobe.fetch_version(
             machine.address,
-            engine_port(machine),
+            port,
             str(machine.public.get("caCertPem") or ""),
             str(machine.public.get("clientCertPem") or ""),
-            machine.secret("clientKeyPem"),
+            client_key,
             timeout=timeout,
         )
     except DaemonUnreachableError as error:
         return str(error)
     except TLSVerificationError as error:
         return f"TLS error: {error}"
+    except DaemonResponseError as error:
+        return f"HTTP error: {error}"
     except (ssl.SSLError, ValueError) as error:
         # Raised while loading the certificates, before any connection.
         return f"TLS error: the stack's certificates or key cannot be loaded: {error}"
     return None
+
+
+def live_check(machine: Machine, timeout: float) -> str:
+    """Return the LIVE cell of ``ls``: OK, or why this machine failed the check.
+
+    A machine that lacks an output gets the error in its own row, so the other
+    machines are still listed and checked.
+    """
+    try:
+        error = probe(machine, timeout)
+    except CliError as missing_output:
+        return str(missing_output)
+    return "OK" if error is None else error
 
 
 def hint_command(args: argparse.Namespace) -> list[str]:
@@ -137,10 +159,12 @@ def run_env(args: argparse.Namespace) -> int:
             "without one", EXIT_USAGE
         )
 
-    variables: dict[str, str | None] = {}
+    # Unsetting the docker variables reads nothing from the stack. Setting them
+    # and --no-proxy (which needs the machine's address) read it.
     machine = None
-    if args.name:
+    if not args.unset or args.no_proxy:
         machine = find_machine(selection_of(args), args.name, secrets=not args.unset)
+    variables: dict[str, str | None]
     if args.unset:
         variables = {name: None for name in DOCKER_VARIABLES}
     else:
@@ -236,9 +260,8 @@ def run_ls(args: argparse.Namespace) -> int:
     live: dict[str, str] = {}
     if can_probe:
         with concurrent.futures.ThreadPoolExecutor(LS_WORKERS) as pool:
-            errors = pool.map(lambda m: probe(m, args.timeout), machines)
-            for machine, error in zip(machines, errors):
-                live[machine.name] = "OK" if error is None else error
+            cells = pool.map(lambda m: live_check(m, args.timeout), machines)
+            live = dict(zip((machine.name for machine in machines), cells))
     header = ["NAME", "DRIVER", "STATE", "URL", "DOCKER", "CERT EXPIRES", "LIVE"]
     rows = [header]
     for machine in machines:

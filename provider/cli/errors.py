@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_FAILURE = 1  # a command that ran but failed, e.g. `docker context` failed
+EXIT_FAILURE = 1  # a command failed, or the machine lacks an output it needs
 EXIT_USAGE = 2  # invalid arguments or options, including an unsupported shell
 EXIT_NO_STACK = 3  # no pulumi, no project, stack not found, backend failure
 EXIT_NO_OUTPUTS = 4  # the stack has no machines output (never deployed)

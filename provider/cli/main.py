@@ -17,7 +17,8 @@ exit codes:
   1  the command failed (docker context, a missing output of the machine)
   2  invalid arguments, including an unsupported shell
   3  no pulumi, no project, stack not found, or the backend failed
-  4  the stack has no machines output (never deployed, or destroyed)
+  4  the stack has no machines output (never deployed, or destroyed),
+     or no machineSecrets output when the command needs a key
   5  no machine of that name in the stack
   6  the secret outputs cannot be decrypted (passphrase or secrets provider)
   7  status: the daemon did not respond or the machine is not running

@@ -64,9 +64,20 @@ def quote_fish(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# PowerShell ends a single-quoted string at any of these, not only at "'".
+POWERSHELL_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
+
+
 def quote_powershell(value: str) -> str:
-    """Quote for PowerShell: a literal string, with ``'`` doubled."""
-    return "'" + value.replace("'", "''") + "'"
+    """Quote for PowerShell: a literal string, with each single quote doubled.
+
+    Inside the string a doubled quote character stands for one of itself.
+    """
+    quoted = "".join(
+        character * 2 if character in POWERSHELL_SINGLE_QUOTES else character
+        for character in value
+    )
+    return "'" + quoted + "'"
 
 
 def quote_tcsh(value: str) -> str:
@@ -134,6 +145,18 @@ def render_unset(shell: str, name: str) -> str:
 
 def render_hint(shell: str, command: Sequence[str]) -> list[str]:
     """Return the closing comment lines that show how to apply the output."""
+    if shell == "emacs":
+        # call-process passes each argument as it is, with no shell between,
+        # so every argument only needs to be a Lisp string literal.
+        arguments = " ".join(quote_elisp(argument) for argument in command[1:])
+        usage = (
+            f"(with-temp-buffer (call-process {quote_elisp(command[0])} nil t nil "
+            f"{arguments}) (eval-buffer))"
+        )
+        return [
+            ";; Run this command to apply these settings to Emacs:",
+            f";; {usage}",
+        ]
     line = " ".join(_quote_argument(shell, argument) for argument in command)
     if shell == "fish":
         usage = f"{line} | source"
@@ -144,18 +167,11 @@ def render_hint(shell: str, command: Sequence[str]) -> list[str]:
     elif shell == "tcsh":
         # Double quotes keep runs of spaces inside values intact.
         usage = f"eval \"`{line}`\""
-    elif shell == "emacs":
-        # The Lisp reader needs the command as a string literal.
-        usage = (
-            f"(with-temp-buffer (shell-command {quote_elisp(line)} t) "
-            f"(eval-buffer))"
-        )
     else:
         usage = f'eval "$({line})"'
-    marker = {"cmd": "REM", "emacs": ";;"}.get(shell, "#")
-    target = "Emacs" if shell == "emacs" else "your shell"
+    marker = "REM" if shell == "cmd" else "#"
     return [
-        f"{marker} Run this command to apply these settings to {target}:",
+        f"{marker} Run this command to apply these settings to your shell:",
         f"{marker} {usage}",
     ]
 
@@ -166,9 +182,27 @@ def _quote_argument(shell: str, argument: str) -> str:
         return argument
     if shell == "powershell":
         return quote_powershell(argument)
-    if shell in ("cmd", "emacs"):
-        return f'"{argument}"'
+    if shell == "cmd":
+        return quote_cmd_argument(argument)
     return quote_posix(argument)
+
+
+def quote_cmd_argument(argument: str) -> str:
+    """Quote one argument of the cmd hint line, or raise if cmd cannot hold it.
+
+    Inside double quotes cmd still expands ``%VAR%`` and has no escape for
+    ``"``. The Microsoft C runtime, which splits a Windows program's command
+    line, reads backslashes before the closing quote as escapes, so trailing
+    backslashes are doubled.
+    """
+    for character in ('"', "%", "\n", "\r"):
+        if character in argument:
+            raise UnsupportedShellError(
+                f"the cmd hint line cannot pass the argument {argument!r}, which "
+                f"contains {character!r}; use --shell powershell instead"
+            )
+    trailing = len(argument) - len(argument.rstrip("\\"))
+    return '"' + argument + "\\" * trailing + '"'
 
 
 def merge_no_proxy(current: Sequence[str], host: str, remove: bool = False) -> str:

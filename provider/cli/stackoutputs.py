@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from provider.cli.errors import (
+    EXIT_FAILURE,
     EXIT_NO_OUTPUTS,
     EXIT_NO_SECRETS,
     EXIT_NO_STACK,
@@ -28,6 +29,9 @@ from provider.cli.errors import (
 
 PULUMI_TIMEOUT_SECONDS = 120.0
 DEFAULT_PROJECT = "pulumi-docker-machine"
+
+# The project file names that pulumi accepts in a project directory.
+PROJECT_FILES = ("Pulumi.yaml", "Pulumi.yml")
 
 # Fragments of pulumi's error messages (checked with pulumi v3.276.0).
 SECRET_ERRORS = (
@@ -63,12 +67,16 @@ class Machine:
         return str(self.public.get("address") or "")
 
     def secret(self, key: str) -> str:
-        """Return one secret output; raise if secrets were not read."""
+        """Return one secret output, or raise when the machine lacks it.
+
+        A missing secret of one machine is a missing output of that machine
+        (exit 1), not a stack without outputs (exit 4).
+        """
         if self.secrets is None or not self.secrets.get(key):
             raise CliError(
-                f"the stack has no {key} for machine {self.name!r}; run "
-                f"`pulumi up` on the stack that declares it",
-                EXIT_NO_OUTPUTS,
+                f"machine {self.name!r} has no {key} in the stack's "
+                f"machineSecrets output; run `pulumi up` on stack {self.stack!r}",
+                EXIT_FAILURE,
             )
         return str(self.secrets[key])
 
@@ -137,7 +145,7 @@ def _project_name(selection: StackSelection, stack: str) -> str:
         return parts[1]
     directory = selection.project_dir or Path.cwd()
     for candidate in (directory, *directory.parents):
-        for file_name in ("Pulumi.yaml", "Pulumi.yml"):
+        for file_name in PROJECT_FILES:
             path = candidate / file_name
             if path.exists():
                 document = yaml.safe_load(path.read_text()) or {}
@@ -147,10 +155,11 @@ def _project_name(selection: StackSelection, stack: str) -> str:
 
 def _working_dir(selection: StackSelection, stack: str | None) -> Path:
     if selection.project_dir is not None:
-        if not (selection.project_dir / "Pulumi.yaml").exists():
+        if not any((selection.project_dir / name).exists() for name in PROJECT_FILES):
             raise CliError(
-                f"no Pulumi.yaml in --cwd {str(selection.project_dir)!r}; give "
-                f"the directory of the project that declares the machines",
+                f"no Pulumi.yaml or Pulumi.yml in --cwd "
+                f"{str(selection.project_dir)!r}; give the directory of the "
+                f"project that declares the machines",
                 EXIT_NO_STACK,
             )
         return selection.project_dir
