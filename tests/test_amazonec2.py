@@ -382,3 +382,18 @@ def test_delete_keeps_what_user_brought(moto):
 def test_settings_resolve_private_address_only():
     settings = ec2_settings.resolve({"privateAddressOnly": True})
     assert settings["elasticIp"] is False
+
+
+def test_region_check_builds_botocore_session_once(monkeypatch):
+    made = []
+    real = ec2_settings.botocore.session.get_session
+
+    def counting_get_session(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ec2_settings.botocore.session, "get_session", counting_get_session)
+    for region in ("us-east-1", "eu-west-1", "us-east-1"):
+        ec2_settings.check_region(region)
+    # None when an earlier check of this process made the list already.
+    assert len(made) <= 1

@@ -7,7 +7,9 @@ defaults. The names are the ones a user writes in the stack configuration.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import math
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -98,13 +100,18 @@ def _fail(name: str, value: Any, reason: str) -> InvalidInputError:
     return InvalidInputError(f"amazonec2.{name}", value, reason)
 
 
-def known_regions() -> set[str]:
-    """Return the EC2 regions of every partition botocore describes."""
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Return the EC2 regions of every partition botocore describes.
+
+    Made once per process: a botocore session loads its data files, which
+    takes a noticeable time on every check of every Host otherwise.
+    """
     session = botocore.session.get_session()
     regions: set[str] = set()
     for partition in session.get_available_partitions():
         regions.update(session.get_available_regions("ec2", partition))
-    return regions
+    return frozenset(regions)
 
 
 def resolve(options: dict[str, Any] | None) -> dict[str, Any]:
