@@ -101,6 +101,70 @@ BAD_SETTINGS = [
     ("eip-conflict", {"elasticIp": False, "elasticIpAllocationId": "eipalloc-0123abcd"},
      "given with elasticIp: false"),
     ("key-without-private-key", {"keyPairName": "mine"}, "needs its private key"),
+    ("spot-price-nan", {"spot": True, "spotPrice": "nan"}, "amazonec2.spotPrice 'nan'"),
+    ("spot-price-inf", {"spot": True, "spotPrice": "inf"}, "amazonec2.spotPrice 'inf'"),
+    ("spot-price-zero", {"spot": True, "spotPrice": 0}, "remove spotPrice to pay"),
+    ("port-true", {"extraPorts": [True]}, "amazonec2.extraPorts True: must be a port"),
+    ("port-fraction", {"extraPorts": [80.7]}, "amazonec2.extraPorts 80.7: must be a port"),
+    ("port-nan", {"extraPorts": [float("nan")]}, "amazonec2.extraPorts nan: must be a port"),
+    ("port-inf", {"extraPorts": [float("inf")]}, "amazonec2.extraPorts inf: must be a port"),
+    ("private-with-eip-id",
+     {"privateAddressOnly": True, "elasticIpAllocationId": "eipalloc-0123abcd"},
+     "amazonec2.elasticIpAllocationId 'eipalloc-0123abcd': an Elastic IP is a public "
+     "address, but privateAddressOnly is true; remove elasticIpAllocationId or "
+     "privateAddressOnly"),
+    ("tag-name-empty", {"tags": {"Name": ""}}, "amazonec2.tags.Name '': an empty Name"),
+    ("tag-name-blank", {"tags": {"Name": "  "}}, "remove the Name tag to have the machine name"),
+    ("zone-full-name", {"zone": "us-east-1a"},
+     "amazonec2.zone 'us-east-1a': malformed; give a value such as 'a'; give only the letter"),
+    ("ami-parameter-empty", {"amiParameter": ""},
+     "amazonec2.amiParameter '': must be a non-empty string; give the name of an SSM parameter"),
+    ("vpc-name", {"vpcId": "default"},
+     "amazonec2.vpcId 'default': malformed; give a value such as 'vpc-0123abcd', "
+     "or remove vpcId"),
+    ("kms-number", {"kmsKeyId": 42}, "amazonec2.kmsKeyId 42: must be a non-empty string; give a KMS key"),
+    ("instance-profile-empty", {"iamInstanceProfile": " "},
+     "amazonec2.iamInstanceProfile ' ': must be a non-empty string; give the name of an IAM"),
+    ("tags-list", {"tags": ["team=web"]}, "amazonec2.tags ['team=web']: must be a mapping"),
+    ("tag-key-aws", {"tags": {"aws:owner": "me"}}, "amazonec2.tags 'aws:owner': tag keys"),
+    ("tag-key-driver", {"tags": {"docker-machine:machine": "x"}},
+     "amazonec2.tags 'docker-machine:machine': tag keys have at most 128 characters and "
+     "must not start with 'docker-machine:'"),
+    ("tag-value-number", {"tags": {"cost": 12}}, "amazonec2.tags.cost 12: tag values must be strings; quote"),
+    ("tag-value-long", {"tags": {"note": "x" * 257}}, "amazonec2.tags.note '<257 characters>'"),
+    ("user-data-number", {"userData": 1}, "amazonec2.userData 1: must be text"),
+    ("user-data-large", {"userData": "x" * 20000},
+     "amazonec2.userData '<20000 bytes>': EC2 accepts at most 16 KiB; compress it"),
+    ("spot-string", {"spot": "yes"}, "amazonec2.spot 'yes': must be true or false, unquoted"),
+    ("private-string", {"privateAddressOnly": "true"},
+     "amazonec2.privateAddressOnly 'true': must be true or false"),
+    ("monitoring-number", {"monitoring": 1}, "amazonec2.monitoring 1: must be true or false"),
+    ("ebs-optimized-string", {"ebsOptimized": "no"}, "amazonec2.ebsOptimized 'no': must be true"),
+    ("elastic-ip-string", {"elasticIp": "false"}, "amazonec2.elasticIp 'false': must be true"),
+    ("endpoint-no-scheme", {"endpointUrl": "localhost:5000"},
+     "amazonec2.endpointUrl 'localhost:5000': must be an http:// or https:// URL such as"),
+    ("endpoint-bad-ipv6", {"endpointUrl": "http://[::1"},
+     "amazonec2.endpointUrl 'http://[::1': must be an http"),
+    ("profile-empty", {"profile": ""},
+     "amazonec2.profile '': must be a non-empty string; give a profile of ~/.aws/config"),
+    ("retry-mode", {"retryMode": "legacy"},
+     "amazonec2.retryMode 'legacy': use one of: standard, adaptive"),
+    ("security-groups-string", {"securityGroupIds": "sg-0123abcd", "allowedCidrs": None},
+     "amazonec2.securityGroupIds 'sg-0123abcd': must be a non-empty list such as ['sg-0123abcd']"),
+    ("security-groups-empty", {"securityGroupIds": [], "allowedCidrs": None},
+     "amazonec2.securityGroupIds []: must be a non-empty list"),
+    ("security-group-name", {"securityGroupIds": ["default"], "allowedCidrs": None},
+     "amazonec2.securityGroupIds 'default': malformed; give a value such as 'sg-0123abcd'"),
+    ("eip-address", {"elasticIpAllocationId": "54.1.2.3"},
+     "amazonec2.elasticIpAllocationId '54.1.2.3': malformed; give a value such as "
+     "'eipalloc-0123abcd': the AllocationId"),
+    ("ssh-timeout-zero", {"sshTimeout": 0},
+     "amazonec2.sshTimeout 0: must be a whole number of seconds from 1 to 3600"),
+    ("ssh-timeout-text", {"sshTimeout": "5m"}, "amazonec2.sshTimeout '5m': must be a whole number"),
+    ("ssh-timeout-true", {"sshTimeout": True}, "amazonec2.sshTimeout True: must be a whole number"),
+    ("engine-port-zero", {"enginePort": 0}, "amazonec2.enginePort 0: must be a port number from 1 to 65535"),
+    ("engine-port-high", {"enginePort": 70000}, "amazonec2.enginePort 70000: must be a port number"),
+    ("engine-port-fraction", {"enginePort": 2376.5}, "amazonec2.enginePort 2376.5: must be a port"),
 ]
 
 
@@ -125,6 +189,23 @@ def test_check_reports_every_bad_setting():
 
 def test_check_accepts_minimal_settings():
     assert DRIVER.check({"options": {"allowedCidrs": [WORKSTATION]}}) == []
+
+
+def test_check_accepts_whole_numbers_as_doubles():
+    # The engine passes numbers as doubles: 80.0 is port 80.
+    options = {"allowedCidrs": [WORKSTATION], "extraPorts": [80.0, "53/udp"], "enginePort": 2376.0}
+    assert DRIVER.check({"options": options}) == []
+    assert ec2_settings.check_ports([80.0, 443]) == ["80/tcp", "443/tcp"]
+
+
+def test_check_accepts_spot_price_and_named_tags():
+    options = {
+        "allowedCidrs": [WORKSTATION],
+        "spot": True,
+        "spotPrice": "0.02",
+        "tags": {"Name": "front", "team": ""},
+    }
+    assert DRIVER.check({"options": options}) == []
 
 
 def test_check_rejects_address():
