@@ -7,11 +7,14 @@ create without its SSH login: no test here dials an instance address.
 
 from __future__ import annotations
 
+import itertools
+
 import asyncssh
+import botocore.exceptions
 import pytest
 
 from provider import loopback
-from provider.drivers import amazonec2, ec2_settings
+from provider.drivers import amazonec2, ec2_api, ec2_settings
 from provider.drivers.common import host_outputs
 from provider.errors import DockerMachineError, InvalidInputError, SSHConnectError
 from tests.harness.moto_ec2 import AMI_PARAMETER, REGION
@@ -25,6 +28,47 @@ WORKSTATION = "203.0.113.7/32"
 def moto(moto_ec2):
     """The session's moto server."""
     return moto_ec2
+
+
+@pytest.fixture
+def driver_events(moto):
+    """Register boto3 event handlers on the session the driver's clients come from.
+
+    The driver builds a client per operation from one boto3 session per
+    profile and region, and each client copies the session's handlers when it
+    is made. So a handler registered here sees the driver's calls, and a
+    handler that raises is a fault of the API, not a change to the driver.
+    Every handler is removed when the test ends.
+    """
+    session = ec2_api._session(ec2_settings.resolve({"region": REGION}))
+    registered = []
+
+    def register(event, handler):
+        unique_id = f"test-{next(_handler_ids)}"
+        session.events.register(event, handler, unique_id=unique_id)
+        registered.append((event, unique_id))
+
+    yield register
+    for event, unique_id in registered:
+        session.events.unregister(event, unique_id=unique_id)
+
+
+_handler_ids = itertools.count()
+
+
+def api_fault(operation, code="InternalError", status=500):
+    """Return a before/after-call handler that fails ``operation`` with ``code``."""
+
+    def fail(**_):
+        raise botocore.exceptions.ClientError(
+            {
+                "Error": {"Code": code, "Message": f"injected by the test ({operation})"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            operation,
+        )
+
+    return fail
 
 
 def host_props(moto, name="web", ssh_private_key=None, state=None, **options):
@@ -478,3 +522,20 @@ def test_region_check_builds_botocore_session_once(monkeypatch):
         ec2_settings.check_region(region)
     # None when an earlier check of this process made the list already.
     assert len(made) <= 1
+
+
+def test_client_token_fits_ec2_limit_for_longest_name(moto):
+    name = "w" * 63  # the longest machine name check_machine_name accepts
+    tokens = []
+    for _ in range(2):
+        outputs = provisioned(host_props(moto, name=name))
+        instance_id = outputs["details"]["instance_id"]
+        try:
+            # moto stores the ClientToken without enforcing EC2's 64-character limit.
+            tokens.append(describe(moto, instance_id)["ClientToken"])
+        finally:
+            DRIVER.delete(instance_id, outputs)
+    for token in tokens:
+        assert len(token) <= 64, token
+        assert token.startswith("docker-machine-www")
+    assert tokens[0] != tokens[1], "a second create attempt reused the client token"

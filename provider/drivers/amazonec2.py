@@ -40,6 +40,8 @@ from provider.progress import report
 from provider.resources.base import is_unknown
 
 STOPPED_STATES = ("stopping", "stopped")
+# EC2 rejects a RunInstances ClientToken longer than this.
+MAX_CLIENT_TOKEN = 64
 
 
 class AmazonEC2Driver(Driver):
@@ -320,7 +322,8 @@ def _provision(
     details["security_group_ids"] = list(groups)
 
     report(f"running a {settings['instanceType']} instance of {plan['ami']}")
-    params = _run_params(settings, props, plan, key_name, groups, suffix)
+    token = _client_token(machine)
+    params = _run_params(settings, props, plan, key_name, groups, token)
     reply = call("run the instance", ec2.run_instances, **params)
     instance_id = reply["Instances"][0]["InstanceId"]
     details["instance_id"] = instance_id
@@ -400,6 +403,17 @@ def _create_security_group(
     return group_id
 
 
+def _client_token(machine: str) -> str:
+    """Return a RunInstances ClientToken of at most 64 characters, new per create.
+
+    The random part keeps two creates of one machine name apart; the name,
+    cut to fit, only helps a person read the token.
+    """
+    unique = secrets.token_hex(8)
+    head = f"docker-machine-{machine}"[: MAX_CLIENT_TOKEN - len(unique) - 1]
+    return f"{head}-{unique}"
+
+
 def _run_params(
     settings: dict[str, Any],
     props: dict[str, Any],
@@ -424,7 +438,7 @@ def _run_params(
         "MaxCount": 1,
         "KeyName": key_name,
         # The token makes a retried call return the first instance, not a second one.
-        "ClientToken": f"docker-machine-{props['machine_name']}-{token}",
+        "ClientToken": token,
         "NetworkInterfaces": [
             {
                 "DeviceIndex": 0,
