@@ -8,6 +8,7 @@ create without its SSH login: no test here dials an instance address.
 from __future__ import annotations
 
 import itertools
+import types
 
 import asyncssh
 import botocore.exceptions
@@ -539,3 +540,110 @@ def test_client_token_fits_ec2_limit_for_longest_name(moto):
         assert len(token) <= 64, token
         assert token.startswith("docker-machine-www")
     assert tokens[0] != tokens[1], "a second create attempt reused the client token"
+
+
+@pytest.fixture
+def aws_spot_requests(moto, driver_events):
+    """Make moto answer a spot RunInstances the way EC2 does, with a spot request.
+
+    NOTE: moto's RunInstances marks a spot instance but makes no spot request
+    (moto 5.2). This handler makes one through moto's RequestSpotInstances, a
+    persistent one as the driver asks for, and puts its id into the
+    RunInstances reply, as EC2 does. moto launches a stand-in instance for
+    that request, which the fixture terminates at the end. Yields the ids
+    of the requests made (``requests``) and of the stand-ins (``stand_ins``).
+    moto forgets a cancelled request at once, where EC2 lists it as
+    cancelled for a while.
+    """
+    made = types.SimpleNamespace(requests=[], stand_ins=[])
+
+    def add_spot_request(parsed, **_):
+        launched = parsed["Instances"][0]
+        if launched.get("InstanceLifecycle") != "spot":
+            return
+        request = moto.client().request_spot_instances(
+            Type="persistent",
+            InstanceInterruptionBehavior="stop",
+            LaunchSpecification={"ImageId": launched["ImageId"], "InstanceType": "t3.micro"},
+        )["SpotInstanceRequests"][0]
+        made.requests.append(request["SpotInstanceRequestId"])
+        made.stand_ins.append(stand_in_of(moto, request["SpotInstanceRequestId"]))
+        launched["SpotInstanceRequestId"] = request["SpotInstanceRequestId"]
+
+    driver_events("after-call.ec2.RunInstances", add_spot_request)
+    yield made
+    ec2 = moto.client()
+    left = open_spot_requests(moto) & set(made.requests)
+    if left:
+        ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=sorted(left))
+    if made.stand_ins:
+        ec2.terminate_instances(InstanceIds=made.stand_ins)
+
+
+def stand_in_of(moto, request_id):
+    """Return the instance moto launched for a spot request."""
+    requests = moto.client().describe_spot_instance_requests(SpotInstanceRequestIds=[request_id])
+    return requests["SpotInstanceRequests"][0]["InstanceId"]
+
+
+def open_spot_requests(moto):
+    """Return the ids of spot requests that could still launch an instance."""
+    requests = moto.client().describe_spot_instance_requests()["SpotInstanceRequests"]
+    return {r["SpotInstanceRequestId"] for r in requests if r["State"] in ("open", "active", "disabled")}
+
+
+def test_spot_delete_cancels_request_before_terminating(moto, aws_spot_requests):
+    props = host_props(moto, spot=True, spotPrice="0.02")
+    outputs = provisioned(props)
+    details = outputs["details"]
+    assert describe(moto, details["instance_id"])["InstanceLifecycle"] == "spot"
+    assert details["spot_request_id"] == aws_spot_requests.requests[0]
+    assert aws_spot_requests.requests[0] in open_spot_requests(moto)
+
+    actions = moto.recorded_actions(lambda: DRIVER.delete(details["instance_id"], outputs))
+    assert aws_spot_requests.requests[0] not in open_spot_requests(moto)
+    # Cancelled first, or EC2 would launch another instance for the open request.
+    assert actions.index("CancelSpotInstanceRequests") < actions.index("TerminateInstances")
+    assert details["instance_id"] not in moto.inventory()["instances"]
+
+
+def test_spot_delete_of_older_state_asks_ec2_for_request(moto, aws_spot_requests, driver_events):
+    outputs = provisioned(host_props(moto, spot=True))
+    outputs["details"].pop("spot_request_id")  # as a state written before it was kept
+    instance_id = outputs["details"]["instance_id"]
+    request = aws_spot_requests.requests[0]
+
+    def add_request_id(parsed, **_):
+        # NOTE: moto's description has no SpotInstanceRequestId; EC2's has.
+        for reservation in parsed.get("Reservations", []):
+            for instance in reservation["Instances"]:
+                if instance["InstanceId"] == instance_id:
+                    instance["SpotInstanceRequestId"] = request
+
+    driver_events("after-call.ec2.DescribeInstances", add_request_id)
+    DRIVER.delete(instance_id, outputs)
+    assert request not in open_spot_requests(moto)
+
+
+def test_failed_spot_create_cancels_request(moto, aws_spot_requests, driver_events):
+    before = moto.inventory()
+    driver_events("before-call.ec2.AllocateAddress", api_fault("AllocateAddress"))
+
+    def failing_create():
+        with pytest.raises(DockerMachineError, match="allocate an Elastic IP.*InternalError"):
+            DRIVER.provision(host_props(moto, spot=True))
+
+    actions = moto.recorded_actions(failing_create)
+    assert aws_spot_requests.requests, "the spot instance was not launched"
+    assert aws_spot_requests.requests[0] not in open_spot_requests(moto)
+    assert actions.index("CancelSpotInstanceRequests") < actions.index("TerminateInstances")
+    after = moto.inventory()
+    # Only moto's stand-in instance of the request is left; the fixture ends it.
+    assert after["instances"] - before["instances"] == set(aws_spot_requests.stand_ins)
+    assert {**after, "instances": None} == {**before, "instances": None}
+
+
+def test_spot_instance_type_change_replaces():
+    olds = {"options": {"allowedCidrs": [WORKSTATION], "spot": True}}
+    news = {"options": {**olds["options"], "instanceType": "t3.large"}}
+    assert DRIVER.replaces(olds, news) == ["options"]

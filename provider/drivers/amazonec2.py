@@ -80,6 +80,9 @@ class AmazonEC2Driver(Driver):
         new = ec2s.resolve(news.get("options"))
         if any(old[name] != new[name] for name in self.replace_on_options):
             return ["options"]
+        if new["spot"] and old["instanceType"] != new["instanceType"]:
+            # EC2 does not change the type of a spot instance, stopped or not.
+            return ["options"]
         return []
 
     def changed_inputs(
@@ -175,7 +178,7 @@ class AmazonEC2Driver(Driver):
         ec2 = client(settings)
         details = props.get("details") or {}
         failures = []
-        for description, step in _removal_steps(ec2, id_, details):
+        for description, step in _removal_steps(ec2, id_, details, settings["spot"]):
             try:
                 step()
             except Exception as error:  # every failure is reported below
@@ -325,11 +328,19 @@ def _provision(
     token = _client_token(machine)
     params = _run_params(settings, props, plan, key_name, groups, token)
     reply = call("run the instance", ec2.run_instances, **params)
-    instance_id = reply["Instances"][0]["InstanceId"]
+    launched = reply["Instances"][0]
+    instance_id = launched["InstanceId"]
     details["instance_id"] = instance_id
-    undo.push(f"terminate instance {instance_id}", lambda: _terminate(ec2, instance_id))
+    details["spot_request_id"] = launched.get("SpotInstanceRequestId")
+    # Reads the spot request id when it runs: it may be known only after the wait.
+    undo.push(
+        f"terminate instance {instance_id}",
+        lambda: _terminate(ec2, instance_id, details["spot_request_id"]),
+    )
 
     instance = wait_for_state(ec2, instance_id, "running")
+    if settings["spot"] and not details["spot_request_id"]:
+        details["spot_request_id"] = instance.get("SpotInstanceRequestId")
     details["private_ip"] = instance.get("PrivateIpAddress")
     details["address"] = _address(instance, settings)
 
@@ -464,7 +475,13 @@ def _run_params(
         params["UserData"] = settings["userData"]
     if settings["spot"]:
         spot: dict[str, Any] = {
-            # A persistent request that stops on interruption keeps stop/start working.
+            # EC2 stops only a spot instance of a persistent request, so only a
+            # persistent request (whose interruption then stops, never
+            # terminates) keeps state: stopped working. A one-time request
+            # would need no cancelling, but could not be stopped. The price of
+            # persistence: terminating the instance would reopen the request
+            # and launch another instance, so _terminate cancels the request
+            # first, on delete and in the cleanup of a failed create.
             "SpotInstanceType": "persistent",
             "InstanceInterruptionBehavior": "stop",
         }
@@ -692,7 +709,20 @@ def _update_rules(
         )
 
 
-def _terminate(ec2: Any, instance_id: str) -> None:
+def _terminate(ec2: Any, instance_id: str, spot_request_id: str | None = None) -> None:
+    """Terminate an instance, cancelling its spot request first.
+
+    A persistent spot request that is still open launches a new instance once
+    its instance is gone. So when the cancel fails, the instance is left as it
+    is and the failure is raised, for the next try to cancel and terminate.
+    """
+    if spot_request_id:
+        report(f"cancelling spot request {spot_request_id} of instance {instance_id}")
+        call_unless_gone(
+            f"cancel spot request {spot_request_id}",
+            ec2.cancel_spot_instance_requests,
+            SpotInstanceRequestIds=[spot_request_id],
+        )
     report(f"terminating instance {instance_id}")
     if call_unless_gone(
         f"terminate instance {instance_id}",
@@ -722,7 +752,15 @@ def _delete_key_pair(ec2: Any, name: str) -> None:
     call_unless_gone(f"delete key pair {name}", ec2.delete_key_pair, KeyName=name)
 
 
-def _removal_steps(ec2: Any, instance_id: str, details: dict[str, Any]) -> list:
+def _spot_request_of(ec2: Any, instance_id: str) -> str | None:
+    """Return the spot request of an instance, None if it has none or is gone."""
+    instance = describe_instance(ec2, instance_id)
+    return (instance or {}).get("SpotInstanceRequestId")
+
+
+def _removal_steps(
+    ec2: Any, instance_id: str, details: dict[str, Any], spot: bool = False
+) -> list:
     """Return (description, step) pairs that remove what create made."""
     steps = []
     association = details.get("association_id")
@@ -734,7 +772,16 @@ def _removal_steps(ec2: Any, instance_id: str, details: dict[str, Any]) -> list:
                 lambda: _disassociate(ec2, association, public_ip),
             )
         )
-    steps.append((f"terminate instance {instance_id}", lambda: _terminate(ec2, instance_id)))
+
+    def terminate() -> None:
+        # A state written before the driver recorded spot requests has no
+        # spot_request_id: ask EC2.
+        request = details.get("spot_request_id")
+        if request is None and spot:
+            request = _spot_request_of(ec2, instance_id)
+        _terminate(ec2, instance_id, request)
+
+    steps.append((f"terminate instance {instance_id}", terminate))
     if details.get("elastic_ip_created"):
         allocation = details["elastic_ip_created"]
         steps.append(
