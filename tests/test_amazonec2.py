@@ -647,3 +647,48 @@ def test_spot_instance_type_change_replaces():
     olds = {"options": {"allowedCidrs": [WORKSTATION], "spot": True}}
     news = {"options": {**olds["options"], "instanceType": "t3.large"}}
     assert DRIVER.replaces(olds, news) == ["options"]
+
+
+def test_run_failure_after_launch_terminates_instance(moto, driver_events):
+    # The instance is launched, then the reply is lost: what botocore gives
+    # up with after its retries of a 5xx answer or a time-out.
+    before = moto.inventory()
+    launched = []
+
+    def lose_reply(parsed, **_):
+        launched.append(parsed["Instances"][0]["InstanceId"])
+        api_fault("RunInstances")()
+
+    driver_events("after-call.ec2.RunInstances", lose_reply)
+    with pytest.raises(DockerMachineError, match="run the instance: InternalError"):
+        DRIVER.provision(host_props(moto))
+    assert launched, "RunInstances was not called"
+    assert describe(moto, launched[0])["State"]["Name"] == "terminated"
+    assert moto.inventory() == before
+
+
+def test_refused_run_looks_once_for_an_instance(moto, driver_events, capsys):
+    before = moto.inventory()
+    driver_events(
+        "before-call.ec2.RunInstances",
+        api_fault("RunInstances", code="InsufficientInstanceCapacity", status=400),
+    )
+    actions = moto.recorded_actions(
+        lambda: pytest.raises(DockerMachineError, DRIVER.provision, host_props(moto))
+    )
+    assert actions.count("DescribeInstances") == 1
+    assert "no instance was launched with client token docker-machine-web-" in capsys.readouterr().out
+    assert moto.inventory() == before
+
+
+def test_unanswered_run_looks_for_an_instance_several_times(moto, driver_events, monkeypatch, capsys):
+    monkeypatch.setattr(amazonec2, "LAUNCH_LOOK_DELAY", 0.01)  # the looks' spacing only
+    before = moto.inventory()
+    driver_events("before-call.ec2.RunInstances", api_fault("RunInstances"))
+    actions = moto.recorded_actions(
+        lambda: pytest.raises(DockerMachineError, DRIVER.provision, host_props(moto))
+    )
+    assert actions.count("DescribeInstances") == amazonec2.LAUNCH_LOOKS
+    out = capsys.readouterr().out
+    assert f"(look 1 of {amazonec2.LAUNCH_LOOKS}); looking again" in out
+    assert moto.inventory() == before

@@ -14,6 +14,7 @@ delete removes exactly that, never what the user brought.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from pulumi.dynamic import CheckFailure
@@ -42,6 +43,11 @@ from provider.resources.base import is_unknown
 STOPPED_STATES = ("stopping", "stopped")
 # EC2 rejects a RunInstances ClientToken longer than this.
 MAX_CLIENT_TOKEN = 64
+# After a RunInstances that failed without an answer from EC2 (5xx, time-out),
+# how often to look for an instance it launched all the same. DescribeInstances
+# may list a new instance only seconds later; the looks are 2, 4 and 8 s apart.
+LAUNCH_LOOKS = 4
+LAUNCH_LOOK_DELAY = 2.0
 
 
 class AmazonEC2Driver(Driver):
@@ -327,7 +333,17 @@ def _provision(
     report(f"running a {settings['instanceType']} instance of {plan['ami']}")
     token = _client_token(machine)
     params = _run_params(settings, props, plan, key_name, groups, token)
-    reply = call("run the instance", ec2.run_instances, **params)
+    try:
+        reply = call("run the instance", ec2.run_instances, **params)
+    except BaseException as error:
+        # botocore retried with the same token and gave up; one of its tries
+        # may have launched an instance that no reply named.
+        looks = LAUNCH_LOOKS if _launch_uncertain(error) else 1
+        undo.push(
+            f"terminate any instance launched with client token {token}",
+            lambda: _terminate_launched(ec2, machine, token, looks),
+        )
+        raise
     launched = reply["Instances"][0]
     instance_id = launched["InstanceId"]
     details["instance_id"] = instance_id
@@ -750,6 +766,74 @@ def _disassociate(ec2: Any, association_id: str, public_ip: str) -> None:
 
 def _delete_key_pair(ec2: Any, name: str) -> None:
     call_unless_gone(f"delete key pair {name}", ec2.delete_key_pair, KeyName=name)
+
+
+def _launch_uncertain(error: BaseException) -> bool:
+    """Tell whether a failed RunInstances may have launched an instance.
+
+    A 4xx answer means EC2 refused the request; anything else (a 5xx answer,
+    a time-out, a lost connection, an interrupt) leaves it open.
+    """
+    import botocore.exceptions
+
+    cause = error.__cause__ if isinstance(error, EC2Error) else error
+    if isinstance(cause, botocore.exceptions.ClientError):
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+        return status >= 500
+    return True
+
+
+def _find_launched(ec2: Any, machine: str, token: str, looks: int) -> list[dict[str, Any]]:
+    """Return the live instances launched with ``token``, looking up to ``looks`` times.
+
+    The instance carries the machine tag from its launch on (TagSpecifications),
+    so the tag narrows the search and the ClientToken picks the instance. (EC2
+    has a client-token filter too, but moto, which the tests run against,
+    does not.)
+    """
+    delay = LAUNCH_LOOK_DELAY
+    for look in range(1, looks + 1):
+        reply = call(
+            f"look for an instance launched with client token {token}",
+            ec2.describe_instances,
+            Filters=[
+                {"Name": "tag:docker-machine:machine", "Values": [machine]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ],
+        )
+        found = [
+            instance
+            for reservation in reply.get("Reservations", [])
+            for instance in reservation.get("Instances", [])
+            if instance.get("ClientToken") == token
+        ]
+        if found or look == looks:
+            return found
+        report(
+            f"no instance with client token {token} is listed (look {look} of "
+            f"{looks}); looking again in {delay:.0f} s"
+        )
+        time.sleep(delay)
+        delay *= 2
+    return []
+
+
+def _terminate_launched(ec2: Any, machine: str, token: str, looks: int) -> None:
+    """Terminate any instance that a failed RunInstances launched after all."""
+    try:
+        found = _find_launched(ec2, machine, token, looks)
+    except EC2Error as error:
+        raise EC2Error(
+            f"{error}; look for it with `aws ec2 describe-instances --filters "
+            f"Name=client-token,Values={token}`"
+        ) from error
+    if not found:
+        report(f"no instance was launched with client token {token}")
+    for instance in found:
+        _terminate(ec2, instance["InstanceId"], instance.get("SpotInstanceRequestId"))
 
 
 def _spot_request_of(ec2: Any, instance_id: str) -> str | None:
