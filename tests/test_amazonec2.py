@@ -18,6 +18,7 @@ from provider import loopback
 from provider.drivers import amazonec2, ec2_api, ec2_settings
 from provider.drivers.common import host_outputs
 from provider.errors import DockerMachineError, InvalidInputError, SSHConnectError
+from provider.resources.host import HostProvider
 from tests.harness.moto_ec2 import AMI_PARAMETER, REGION
 from tests.harness.netguard import check_dialable
 
@@ -692,3 +693,35 @@ def test_unanswered_run_looks_for_an_instance_several_times(moto, driver_events,
     out = capsys.readouterr().out
     assert f"(look 1 of {amazonec2.LAUNCH_LOOKS}); looking again" in out
     assert moto.inventory() == before
+
+
+KEY_A = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+KEY_B = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+
+
+@pytest.mark.parametrize(
+    "old_key, generated, new_key, replaced",
+    [
+        (KEY_A, False, KEY_B, True),  # another key given
+        (KEY_A, True, KEY_B, True),  # a key given where one was generated
+        (KEY_A, False, None, True),  # the given key removed: one is generated
+        (KEY_A, True, None, False),  # the generated key kept
+        (KEY_A, False, KEY_A, False),  # the same key
+    ],
+    ids=["changed", "given-after-generated", "removed", "generated-kept", "same"],
+)
+def test_ssh_key_change_replaces_host(moto, old_key, generated, new_key, replaced):
+    olds = {
+        **host_props(moto, ssh_private_key=old_key),
+        "state": "running",
+        "details": {"generated_key": generated},
+    }
+    news = host_props(moto, ssh_private_key=new_key)
+    result = HostProvider().diff("i-0123456789abcdef0", olds, news)
+    if replaced:
+        assert result.changes is True
+        assert result.replaces == ["ssh_private_key"]
+        assert result.delete_before_replace is True
+    else:
+        assert not result.replaces
+        assert not result.changes

@@ -84,12 +84,18 @@ class AmazonEC2Driver(Driver):
     def replaces(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
         old = ec2s.resolve(olds.get("options"))
         new = ec2s.resolve(news.get("options"))
+        replaces = []
+        if _input_changed("ssh_private_key", olds, news):
+            # The instance trusts the public key of the key pair it was
+            # launched with, and EC2 never changes that; a new key pair would
+            # let nobody in. A new instance, launched with the new key, does.
+            replaces.append("ssh_private_key")
         if any(old[name] != new[name] for name in self.replace_on_options):
-            return ["options"]
-        if new["spot"] and old["instanceType"] != new["instanceType"]:
+            replaces.append("options")
+        elif new["spot"] and old["instanceType"] != new["instanceType"]:
             # EC2 does not change the type of a spot instance, stopped or not.
-            return ["options"]
-        return []
+            replaces.append("options")
+        return replaces
 
     def changed_inputs(
         self, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]
@@ -206,7 +212,9 @@ def _input_changed(key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool
     if key == "state":
         return (olds.get("state") or "running") != (news.get("state") or "running")
     if key == "ssh_private_key" and news.get(key) is None:
-        return not (olds.get("details") or {}).get("generated_key")
+        # Unset keeps a key the driver generated; it replaces a key the user gave.
+        generated = (olds.get("details") or {}).get("generated_key")
+        return olds.get(key) is not None and not generated
     return olds.get(key) != news.get(key)
 
 
