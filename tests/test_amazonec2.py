@@ -299,7 +299,7 @@ def test_failed_run_removes_key_and_group(moto):
     assert moto.inventory() == before
 
 
-def test_ssh_timeout_removes_everything(moto):
+def test_ssh_timeout_removes_everything(moto, capsys):
     # An Elastic IP at a leased loopback address where nothing listens on port 22.
     lease = loopback.take("127.100.0.201", ports=(22,), holder="amazonec2 test")
     try:
@@ -309,9 +309,15 @@ def test_ssh_timeout_removes_everything(moto):
         props = host_props(
             moto, elasticIpAllocationId=allocation["AllocationId"], sshTimeout=2
         )
-        with pytest.raises(SSHConnectError, match="127.100.0.201"):
+        with pytest.raises(SSHConnectError, match="127.100.0.201") as raised:
             DRIVER.create(props)
         assert moto.inventory() == before
+        # The wait states its real bound and the setting that raises it.
+        assert "within the 2 s of amazonec2.sshTimeout" in str(raised.value)
+        assert str(raised.value).endswith("raise amazonec2.sshTimeout")
+        out = capsys.readouterr().out
+        assert "of the 2 s that amazonec2.sshTimeout allows): connection refused" in out
+        assert " of 1000" not in out
         ec2.release_address(AllocationId=allocation["AllocationId"])
     finally:
         loopback.release(lease.address)

@@ -579,6 +579,7 @@ def _finish_create(
         private_key,
         props.get("pinned_host_key"),
         deadline_seconds=float(settings["sshTimeout"]),
+        deadline_setting="amazonec2.sshTimeout",
     )
     state = props.get("state") or "running"
     if state == "stopped":
