@@ -731,3 +731,135 @@ def test_ssh_key_change_replaces_host(moto, old_key, generated, new_key, replace
     else:
         assert not result.replaces
         assert not result.changes
+
+
+def test_elastic_ip_opt_out(moto):
+    before = moto.inventory()
+    # provisioned() stops before the SSH login: the instance's address is
+    # moto's made-up public address, which no test may dial.
+    outputs = provisioned(host_props(moto, elasticIp=False))
+    details = outputs["details"]
+    try:
+        instance = describe(moto, details["instance_id"])
+        assert outputs["address"] == instance["PublicIpAddress"]
+        with pytest.raises(AssertionError, match="refusing to dial"):
+            check_dialable(outputs["address"])
+        assert not details.get("elastic_ip_created")
+        assert not details.get("association_id")
+        assert moto.inventory()["elastic_ips"] == before["elastic_ips"]
+    finally:
+        DRIVER.delete(details["instance_id"], outputs)
+    assert moto.inventory() == before
+
+
+def test_failed_association_releases_allocated_elastic_ip(moto, driver_events):
+    before = moto.inventory()
+    allocated = []
+    driver_events(
+        "after-call.ec2.AllocateAddress",
+        lambda parsed, **_: allocated.append(parsed["AllocationId"]),
+    )
+    driver_events("before-call.ec2.AssociateAddress", api_fault("AssociateAddress"))
+    with pytest.raises(DockerMachineError, match="associate Elastic IP .*InternalError"):
+        DRIVER.provision(host_props(moto))
+    assert allocated, "no Elastic IP was allocated"
+    assert allocated[0] not in moto.inventory()["elastic_ips"]
+    assert moto.inventory() == before
+
+
+def test_cleanup_failure_is_reported_with_the_cause(moto, driver_events):
+    before = moto.inventory()
+    groups = []
+    driver_events(
+        "after-call.ec2.CreateSecurityGroup",
+        lambda parsed, **_: groups.append(parsed["GroupId"]),
+    )
+    driver_events(
+        "before-call.ec2.DeleteSecurityGroup",
+        api_fault("DeleteSecurityGroup", code="UnauthorizedOperation", status=403),
+    )
+    props = host_props(moto, iamInstanceProfile="no-such-profile")
+    with pytest.raises(DockerMachineError) as raised:
+        DRIVER.provision(props)
+    message = str(raised.value)
+    try:
+        assert message.startswith("failed to run the instance")
+        assert "no-such-profile" in message
+        assert (
+            "The cleanup after this failure did not remove everything; remove these "
+            f"by hand:\n  delete security group {groups[0]}: failed to delete security "
+            f"group {groups[0]}: UnauthorizedOperation"
+        ) in message
+        # The rest of the cleanup went on: only the group is left.
+        assert moto.inventory()["security_groups"] - before["security_groups"] == {groups[0]}
+        assert moto.inventory()["key_pairs"] == before["key_pairs"]
+    finally:
+        moto.client().delete_security_group(GroupId=groups[0])
+    assert moto.inventory() == before
+
+
+def test_delete_failure_is_reported_and_the_rest_removed(moto, driver_events):
+    before = moto.inventory()
+    outputs = provisioned(host_props(moto))
+    details = outputs["details"]
+    driver_events(
+        "before-call.ec2.DeleteKeyPair",
+        api_fault("DeleteKeyPair", code="UnauthorizedOperation", status=403),
+    )
+    with pytest.raises(DockerMachineError) as raised:
+        DRIVER.delete(details["instance_id"], outputs)
+    assert (
+        f"could not remove everything of instance {details['instance_id']}:\n"
+        f"  delete key pair {details['key_pair_created']}: failed to delete key pair"
+    ) in str(raised.value)
+    assert "run `pulumi destroy` again" in str(raised.value)
+    left = moto.inventory()
+    assert left["key_pairs"] - before["key_pairs"] == {details["key_pair_created"]}
+    moto.client().delete_key_pair(KeyName=details["key_pair_created"])
+    assert moto.inventory() == before
+
+
+def test_read_shows_changed_address_as_drift(moto):
+    outputs = provisioned(host_props(moto))
+    details = outputs["details"]
+    instance_id = details["instance_id"]
+    ec2 = moto.client()
+    other = ec2.allocate_address(Domain="vpc")
+    try:
+        # Someone moves another Elastic IP onto the instance.
+        ec2.disassociate_address(AssociationId=details["association_id"])
+        association = ec2.associate_address(
+            AllocationId=other["AllocationId"], InstanceId=instance_id
+        )["AssociationId"]
+        read = DRIVER.read(instance_id, outputs)
+        assert read["address"] == other["PublicIp"] != outputs["address"]
+        assert read["connection"]["host"] == other["PublicIp"]
+        assert read["connection"]["privateKey"] == outputs["ssh_private_key"]
+        ec2.disassociate_address(AssociationId=association)
+    finally:
+        DRIVER.delete(instance_id, outputs)
+        ec2.release_address(AllocationId=other["AllocationId"])
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        ("running", ["StopInstances", "ModifyInstanceAttribute", "StartInstances"]),
+        ("stopped", ["ModifyInstanceAttribute"]),
+    ],
+)
+def test_instance_type_change_stops_first(moto, state, expected):
+    olds = provisioned(host_props(moto))
+    instance_id = olds["details"]["instance_id"]
+    try:
+        if state == "stopped":
+            olds = DRIVER.update(instance_id, olds, host_props(moto, state="stopped"))
+        news = host_props(moto, state=state, instanceType="t3.large")
+        actions = moto.recorded_actions(lambda: DRIVER.update(instance_id, olds, news))
+        changes = [a for a in actions if a in ("StopInstances", "ModifyInstanceAttribute", "StartInstances")]
+        assert changes == expected
+        instance = describe(moto, instance_id)
+        assert instance["InstanceType"] == "t3.large"
+        assert instance["State"]["Name"] == state
+    finally:
+        DRIVER.delete(instance_id, olds)
