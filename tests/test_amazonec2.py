@@ -168,7 +168,8 @@ BAD_SETTINGS = [
     ("vpc-name", {"vpcId": "default"},
      "amazonec2.vpcId 'default': malformed; give a value such as 'vpc-0123abcd', "
      "or remove vpcId"),
-    ("kms-number", {"kmsKeyId": 42}, "amazonec2.kmsKeyId 42: must be a non-empty string; give a KMS key"),
+    ("kms-number", {"kmsKeyId": 42},
+     "amazonec2.kmsKeyId 42: must be a non-empty string; give a KMS key"),
     ("instance-profile-empty", {"iamInstanceProfile": " "},
      "amazonec2.iamInstanceProfile ' ': must be a non-empty string; give the name of an IAM"),
     ("tags-list", {"tags": ["team=web"]}, "amazonec2.tags ['team=web']: must be a mapping"),
@@ -176,7 +177,8 @@ BAD_SETTINGS = [
     ("tag-key-driver", {"tags": {"docker-machine:machine": "x"}},
      "amazonec2.tags 'docker-machine:machine': tag keys have at most 128 characters and "
      "must not start with 'docker-machine:'"),
-    ("tag-value-number", {"tags": {"cost": 12}}, "amazonec2.tags.cost 12: tag values must be strings; quote"),
+    ("tag-value-number", {"tags": {"cost": 12}},
+     "amazonec2.tags.cost 12: tag values must be strings; quote"),
     ("tag-value-long", {"tags": {"note": "x" * 257}}, "amazonec2.tags.note '<257 characters>'"),
     ("user-data-number", {"userData": 1}, "amazonec2.userData 1: must be text"),
     ("user-data-large", {"userData": "x" * 20000},
@@ -208,7 +210,8 @@ BAD_SETTINGS = [
      "amazonec2.sshTimeout 0: must be a whole number of seconds from 1 to 3600"),
     ("ssh-timeout-text", {"sshTimeout": "5m"}, "amazonec2.sshTimeout '5m': must be a whole number"),
     ("ssh-timeout-true", {"sshTimeout": True}, "amazonec2.sshTimeout True: must be a whole number"),
-    ("engine-port-zero", {"enginePort": 0}, "amazonec2.enginePort 0: must be a port number from 1 to 65535"),
+    ("engine-port-zero", {"enginePort": 0},
+     "amazonec2.enginePort 0: must be a port number from 1 to 65535"),
     ("engine-port-high", {"enginePort": 70000}, "amazonec2.enginePort 70000: must be a port number"),
     ("engine-port-fraction", {"enginePort": 2376.5}, "amazonec2.enginePort 2376.5: must be a port"),
 ]
@@ -596,7 +599,8 @@ def stand_in_of(moto, request_id):
 def open_spot_requests(moto):
     """Return the ids of spot requests that could still launch an instance."""
     requests = moto.client().describe_spot_instance_requests()["SpotInstanceRequests"]
-    return {r["SpotInstanceRequestId"] for r in requests if r["State"] in ("open", "active", "disabled")}
+    live = ("open", "active", "disabled")
+    return {r["SpotInstanceRequestId"] for r in requests if r["State"] in live}
 
 
 def test_spot_delete_cancels_request_before_terminating(moto, aws_spot_requests):
@@ -684,11 +688,14 @@ def test_refused_run_looks_once_for_an_instance(moto, driver_events, capsys):
         lambda: pytest.raises(DockerMachineError, DRIVER.provision, host_props(moto))
     )
     assert actions.count("DescribeInstances") == 1
-    assert "no instance was launched with client token docker-machine-web-" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no instance was launched with client token docker-machine-web-" in out
     assert moto.inventory() == before
 
 
-def test_unanswered_run_looks_for_an_instance_several_times(moto, driver_events, monkeypatch, capsys):
+def test_unanswered_run_looks_for_an_instance_several_times(
+    moto, driver_events, monkeypatch, capsys
+):
     monkeypatch.setattr(amazonec2, "LAUNCH_LOOK_DELAY", 0.01)  # the looks' spacing only
     before = moto.inventory()
     driver_events("before-call.ec2.RunInstances", api_fault("RunInstances"))
@@ -856,7 +863,8 @@ def test_instance_type_change_stops_first(moto, state, expected):
             olds = DRIVER.update(instance_id, olds, host_props(moto, state="stopped"))
         news = host_props(moto, state=state, instanceType="t3.large")
         actions = moto.recorded_actions(lambda: DRIVER.update(instance_id, olds, news))
-        changes = [a for a in actions if a in ("StopInstances", "ModifyInstanceAttribute", "StartInstances")]
+        state_changes = ("StopInstances", "ModifyInstanceAttribute", "StartInstances")
+        changes = [action for action in actions if action in state_changes]
         assert changes == expected
         instance = describe(moto, instance_id)
         assert instance["InstanceType"] == "t3.large"
