@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import shlex
 import time
@@ -209,16 +210,21 @@ async def _presented_host_key(target: SSHTarget) -> str | None:
 async def connect(
     target: SSHTarget,
     *,
-    attempts: int = CONNECT_ATTEMPTS,
+    attempts: int | None = CONNECT_ATTEMPTS,
     deadline_seconds: float = CONNECT_DEADLINE_SECONDS,
+    deadline_setting: str | None = None,
 ) -> asyncssh.SSHClientConnection:
     """Open one connection, retrying network faults within the given bounds.
 
-    A changed host key or a rejected login is never retried.
+    A changed host key or a rejected login is never retried. ``attempts``
+    None leaves only the deadline. ``deadline_setting`` names the user's
+    setting that gave the deadline, for the progress lines and the error.
     """
-    deadline = time.monotonic() + deadline_seconds
+    start = time.monotonic()
+    deadline = start + deadline_seconds
     delay = 1.0
-    for attempt in range(1, attempts + 1):
+    counter = itertools.count(1) if attempts is None else range(1, attempts + 1)
+    for attempt in counter:
         # The last attempt gets only what is left, so the deadline holds.
         timeout = min(CONNECT_TIMEOUT_SECONDS, max(deadline - time.monotonic(), 1.0))
         try:
@@ -239,18 +245,40 @@ async def connect(
             remaining = deadline - time.monotonic()
             if attempt == attempts or remaining <= 0:
                 raise SSHConnectError(
-                    f"could not reach SSH on {target.host}:{target.port} after "
-                    f"{attempt} attempts: {cause}. Check that the host is up, "
-                    f"that sshd listens on port {target.port}, and that no "
-                    f"firewall drops the connection"
+                    _unreachable(target, attempt, cause, deadline_seconds, deadline_setting)
                 ) from None
-            report(
-                f"waiting for SSH on {target.host}:{target.port} "
-                f"(attempt {attempt} of {attempts}): {cause}"
-            )
+            waited = f"{time.monotonic() - start:.0f} s of the {deadline_seconds:.0f} s"
+            if deadline_setting:
+                bound = f"attempt {attempt}, {waited} that {deadline_setting} allows"
+            elif attempts is None:
+                bound = f"attempt {attempt}, {waited} allowed"
+            else:
+                bound = f"attempt {attempt} of {attempts}"
+            report(f"waiting for SSH on {target.host}:{target.port} ({bound}): {cause}")
             await asyncio.sleep(min(delay, max(remaining, 0)))
             delay = min(delay * 2, 10.0)
     raise AssertionError("unreachable")
+
+
+def _unreachable(
+    target: SSHTarget,
+    attempt: int,
+    cause: str,
+    deadline_seconds: float,
+    deadline_setting: str | None,
+) -> str:
+    where = f"{target.host}:{target.port}"
+    checks = (
+        f"Check that the host is up, that sshd listens on port {target.port}, "
+        f"and that no firewall drops the connection"
+    )
+    if not deadline_setting:
+        return f"could not reach SSH on {where} after {attempt} attempts: {cause}. {checks}"
+    return (
+        f"could not reach SSH on {where} within the {deadline_seconds:.0f} s of "
+        f"{deadline_setting} ({attempt} attempts): {cause}. {checks}; if the "
+        f"machine only boots slowly, raise {deadline_setting}"
+    )
 
 
 def _network_cause(error: BaseException) -> str:

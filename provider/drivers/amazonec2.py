@@ -14,6 +14,7 @@ delete removes exactly that, never what the user brought.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from pulumi.dynamic import CheckFailure
@@ -40,6 +41,13 @@ from provider.progress import report
 from provider.resources.base import is_unknown
 
 STOPPED_STATES = ("stopping", "stopped")
+# EC2 rejects a RunInstances ClientToken longer than this.
+MAX_CLIENT_TOKEN = 64
+# After a RunInstances that failed without an answer from EC2 (5xx, time-out),
+# how often to look for an instance it launched all the same. DescribeInstances
+# may list a new instance only seconds later; the looks are 2, 4 and 8 s apart.
+LAUNCH_LOOKS = 4
+LAUNCH_LOOK_DELAY = 2.0
 
 
 class AmazonEC2Driver(Driver):
@@ -76,9 +84,18 @@ class AmazonEC2Driver(Driver):
     def replaces(self, olds: dict[str, Any], news: dict[str, Any]) -> list[str]:
         old = ec2s.resolve(olds.get("options"))
         new = ec2s.resolve(news.get("options"))
+        replaces = []
+        if _input_changed("ssh_private_key", olds, news):
+            # The instance trusts the public key of the key pair it was
+            # launched with, and EC2 never changes that; a new key pair would
+            # let nobody in. A new instance, launched with the new key, does.
+            replaces.append("ssh_private_key")
         if any(old[name] != new[name] for name in self.replace_on_options):
-            return ["options"]
-        return []
+            replaces.append("options")
+        elif new["spot"] and old["instanceType"] != new["instanceType"]:
+            # EC2 does not change the type of a spot instance, stopped or not.
+            replaces.append("options")
+        return replaces
 
     def changed_inputs(
         self, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]
@@ -173,7 +190,7 @@ class AmazonEC2Driver(Driver):
         ec2 = client(settings)
         details = props.get("details") or {}
         failures = []
-        for description, step in _removal_steps(ec2, id_, details):
+        for description, step in _removal_steps(ec2, id_, details, settings["spot"]):
             try:
                 step()
             except Exception as error:  # every failure is reported below
@@ -195,7 +212,9 @@ def _input_changed(key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool
     if key == "state":
         return (olds.get("state") or "running") != (news.get("state") or "running")
     if key == "ssh_private_key" and news.get(key) is None:
-        return not (olds.get("details") or {}).get("generated_key")
+        # Unset keeps a key the driver generated; it replaces a key the user gave.
+        generated = (olds.get("details") or {}).get("generated_key")
+        return olds.get(key) is not None and not generated
     return olds.get(key) != news.get(key)
 
 
@@ -320,13 +339,32 @@ def _provision(
     details["security_group_ids"] = list(groups)
 
     report(f"running a {settings['instanceType']} instance of {plan['ami']}")
-    params = _run_params(settings, props, plan, key_name, groups, suffix)
-    reply = call("run the instance", ec2.run_instances, **params)
-    instance_id = reply["Instances"][0]["InstanceId"]
+    token = _client_token(machine)
+    params = _run_params(settings, props, plan, key_name, groups, token)
+    try:
+        reply = call("run the instance", ec2.run_instances, **params)
+    except BaseException as error:
+        # botocore retried with the same token and gave up; one of its tries
+        # may have launched an instance that no reply named.
+        looks = LAUNCH_LOOKS if _launch_uncertain(error) else 1
+        undo.push(
+            f"terminate any instance launched with client token {token}",
+            lambda: _terminate_launched(ec2, machine, token, looks),
+        )
+        raise
+    launched = reply["Instances"][0]
+    instance_id = launched["InstanceId"]
     details["instance_id"] = instance_id
-    undo.push(f"terminate instance {instance_id}", lambda: _terminate(ec2, instance_id))
+    details["spot_request_id"] = launched.get("SpotInstanceRequestId")
+    # Reads the spot request id when it runs: it may be known only after the wait.
+    undo.push(
+        f"terminate instance {instance_id}",
+        lambda: _terminate(ec2, instance_id, details["spot_request_id"]),
+    )
 
     instance = wait_for_state(ec2, instance_id, "running")
+    if settings["spot"] and not details["spot_request_id"]:
+        details["spot_request_id"] = instance.get("SpotInstanceRequestId")
     details["private_ip"] = instance.get("PrivateIpAddress")
     details["address"] = _address(instance, settings)
 
@@ -400,6 +438,17 @@ def _create_security_group(
     return group_id
 
 
+def _client_token(machine: str) -> str:
+    """Return a RunInstances ClientToken of at most 64 characters, new per create.
+
+    The random part keeps two creates of one machine name apart; the name,
+    cut to fit, only helps a person read the token.
+    """
+    unique = secrets.token_hex(8)
+    head = f"docker-machine-{machine}"[: MAX_CLIENT_TOKEN - len(unique) - 1]
+    return f"{head}-{unique}"
+
+
 def _run_params(
     settings: dict[str, Any],
     props: dict[str, Any],
@@ -424,7 +473,7 @@ def _run_params(
         "MaxCount": 1,
         "KeyName": key_name,
         # The token makes a retried call return the first instance, not a second one.
-        "ClientToken": f"docker-machine-{props['machine_name']}-{token}",
+        "ClientToken": token,
         "NetworkInterfaces": [
             {
                 "DeviceIndex": 0,
@@ -450,7 +499,13 @@ def _run_params(
         params["UserData"] = settings["userData"]
     if settings["spot"]:
         spot: dict[str, Any] = {
-            # A persistent request that stops on interruption keeps stop/start working.
+            # EC2 stops only a spot instance of a persistent request, so only a
+            # persistent request (whose interruption then stops, never
+            # terminates) keeps state: stopped working. A one-time request
+            # would need no cancelling, but could not be stopped. The price of
+            # persistence: terminating the instance would reopen the request
+            # and launch another instance, so _terminate cancels the request
+            # first, on delete and in the cleanup of a failed create.
             "SpotInstanceType": "persistent",
             "InstanceInterruptionBehavior": "stop",
         }
@@ -524,6 +579,7 @@ def _finish_create(
         private_key,
         props.get("pinned_host_key"),
         deadline_seconds=float(settings["sshTimeout"]),
+        deadline_setting="amazonec2.sshTimeout",
     )
     state = props.get("state") or "running"
     if state == "stopped":
@@ -678,7 +734,20 @@ def _update_rules(
         )
 
 
-def _terminate(ec2: Any, instance_id: str) -> None:
+def _terminate(ec2: Any, instance_id: str, spot_request_id: str | None = None) -> None:
+    """Terminate an instance, cancelling its spot request first.
+
+    A persistent spot request that is still open launches a new instance once
+    its instance is gone. So when the cancel fails, the instance is left as it
+    is and the failure is raised, for the next try to cancel and terminate.
+    """
+    if spot_request_id:
+        report(f"cancelling spot request {spot_request_id} of instance {instance_id}")
+        call_unless_gone(
+            f"cancel spot request {spot_request_id}",
+            ec2.cancel_spot_instance_requests,
+            SpotInstanceRequestIds=[spot_request_id],
+        )
     report(f"terminating instance {instance_id}")
     if call_unless_gone(
         f"terminate instance {instance_id}",
@@ -708,7 +777,83 @@ def _delete_key_pair(ec2: Any, name: str) -> None:
     call_unless_gone(f"delete key pair {name}", ec2.delete_key_pair, KeyName=name)
 
 
-def _removal_steps(ec2: Any, instance_id: str, details: dict[str, Any]) -> list:
+def _launch_uncertain(error: BaseException) -> bool:
+    """Tell whether a failed RunInstances may have launched an instance.
+
+    A 4xx answer means EC2 refused the request; anything else (a 5xx answer,
+    a time-out, a lost connection, an interrupt) leaves it open.
+    """
+    import botocore.exceptions
+
+    cause = error.__cause__ if isinstance(error, EC2Error) else error
+    if isinstance(cause, botocore.exceptions.ClientError):
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+        return status >= 500
+    return True
+
+
+def _find_launched(ec2: Any, machine: str, token: str, looks: int) -> list[dict[str, Any]]:
+    """Return the live instances launched with ``token``, looking up to ``looks`` times.
+
+    The instance carries the machine tag from its launch on (TagSpecifications),
+    so the tag narrows the search and the ClientToken picks the instance. (EC2
+    has a client-token filter too, but moto, which the tests run against,
+    does not.)
+    """
+    delay = LAUNCH_LOOK_DELAY
+    for look in range(1, looks + 1):
+        reply = call(
+            f"look for an instance launched with client token {token}",
+            ec2.describe_instances,
+            Filters=[
+                {"Name": "tag:docker-machine:machine", "Values": [machine]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ],
+        )
+        found = [
+            instance
+            for reservation in reply.get("Reservations", [])
+            for instance in reservation.get("Instances", [])
+            if instance.get("ClientToken") == token
+        ]
+        if found or look == looks:
+            return found
+        report(
+            f"no instance with client token {token} is listed (look {look} of "
+            f"{looks}); looking again in {delay:.0f} s"
+        )
+        time.sleep(delay)
+        delay *= 2
+    return []
+
+
+def _terminate_launched(ec2: Any, machine: str, token: str, looks: int) -> None:
+    """Terminate any instance that a failed RunInstances launched after all."""
+    try:
+        found = _find_launched(ec2, machine, token, looks)
+    except EC2Error as error:
+        raise EC2Error(
+            f"{error}; look for it with `aws ec2 describe-instances --filters "
+            f"Name=client-token,Values={token}`"
+        ) from error
+    if not found:
+        report(f"no instance was launched with client token {token}")
+    for instance in found:
+        _terminate(ec2, instance["InstanceId"], instance.get("SpotInstanceRequestId"))
+
+
+def _spot_request_of(ec2: Any, instance_id: str) -> str | None:
+    """Return the spot request of an instance, None if it has none or is gone."""
+    instance = describe_instance(ec2, instance_id)
+    return (instance or {}).get("SpotInstanceRequestId")
+
+
+def _removal_steps(
+    ec2: Any, instance_id: str, details: dict[str, Any], spot: bool = False
+) -> list:
     """Return (description, step) pairs that remove what create made."""
     steps = []
     association = details.get("association_id")
@@ -720,7 +865,16 @@ def _removal_steps(ec2: Any, instance_id: str, details: dict[str, Any]) -> list:
                 lambda: _disassociate(ec2, association, public_ip),
             )
         )
-    steps.append((f"terminate instance {instance_id}", lambda: _terminate(ec2, instance_id)))
+
+    def terminate() -> None:
+        # A state written before the driver recorded spot requests has no
+        # spot_request_id: ask EC2.
+        request = details.get("spot_request_id")
+        if request is None and spot:
+            request = _spot_request_of(ec2, instance_id)
+        _terminate(ec2, instance_id, request)
+
+    steps.append((f"terminate instance {instance_id}", terminate))
     if details.get("elastic_ip_created"):
         allocation = details["elastic_ip_created"]
         steps.append(

@@ -50,6 +50,7 @@ def log_in(
     host_key: str | None,
     setup_script: str | None = None,
     deadline_seconds: float | None = None,
+    deadline_setting: str | None = None,
 ) -> tuple[str, str]:
     """Log in once; return the host key the server presented and the OS name.
 
@@ -57,7 +58,8 @@ def log_in(
     the key presented is returned for the caller to record. ``setup_script``
     runs as root on the same connection. ``deadline_seconds`` bounds the wait
     for SSH to respond (a machine still booting), in place of the default of
-    :func:`provider.sshsession.connect`.
+    :func:`provider.sshsession.connect`; ``deadline_setting`` names the
+    user's setting it comes from, which the progress lines and the error name.
     """
     from provider.sshsession import SSHTarget, host_key_fingerprint
 
@@ -66,10 +68,14 @@ def log_in(
     )
     step = "checking its host key" if host_key else "recording its host key"
     report(f"logging in to {target.label}, {step}")
-    options = {}
+    options: dict[str, Any] = {}
     if deadline_seconds is not None:
-        # Enough attempts that the deadline, not the count, ends the wait.
-        options = {"deadline_seconds": deadline_seconds, "attempts": 1000}
+        # The deadline alone ends the wait, not a count of attempts.
+        options = {
+            "deadline_seconds": deadline_seconds,
+            "attempts": None,
+            "deadline_setting": deadline_setting,
+        }
     presented, os_name = run_async(_log_in(target, setup_script, **options))
     report(f"{target.label} runs {os_name}; host key {host_key_fingerprint(presented)}")
     return presented, os_name

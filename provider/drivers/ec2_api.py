@@ -35,6 +35,7 @@ NOT_FOUND_CODES = frozenset(
         "InvalidAllocationID.NotFound",
         "InvalidAssociationID.NotFound",
         "InvalidAddress.NotFound",
+        "InvalidSpotInstanceRequestID.NotFound",
     }
 )
 

@@ -7,7 +7,9 @@ defaults. The names are the ones a user writes in the stack configuration.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import math
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -77,6 +79,10 @@ VOLUME_TYPES = ("gp2", "gp3", "io1", "io2", "st1", "sc1", "standard")
 RETRY_MODES = ("standard", "adaptive")
 MAX_USER_DATA_BYTES = 16 * 1024
 MAX_ROOT_SIZE_GIB = 16384
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+# Tags with this prefix mark what the driver made (see amazonec2._tags).
+DRIVER_TAG_PREFIX = "docker-machine:"
 
 _ZONE = re.compile(r"[a-z]")
 _AMI = re.compile(r"ami-([0-9a-f]{8}|[0-9a-f]{17})")
@@ -98,13 +104,18 @@ def _fail(name: str, value: Any, reason: str) -> InvalidInputError:
     return InvalidInputError(f"amazonec2.{name}", value, reason)
 
 
-def known_regions() -> set[str]:
-    """Return the EC2 regions of every partition botocore describes."""
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Return the EC2 regions of every partition botocore describes.
+
+    Made once per process: a botocore session loads its data files, which
+    takes a noticeable time on every check of every Host otherwise.
+    """
     session = botocore.session.get_session()
     regions: set[str] = set()
     for partition in session.get_available_partitions():
         regions.update(session.get_available_regions("ec2", partition))
-    return regions
+    return frozenset(regions)
 
 
 def resolve(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -117,7 +128,7 @@ def resolve(options: dict[str, Any] | None) -> dict[str, Any]:
 
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(name, value, "must be true or false")
+        raise _fail(name, value, "must be true or false, unquoted in YAML")
     return value
 
 
@@ -127,9 +138,11 @@ def _check_text(name: str, value: Any, fix: str) -> str:
     return value
 
 
-def _check_pattern(name: str, value: Any, pattern: re.Pattern, example: str) -> str:
+def _check_pattern(
+    name: str, value: Any, pattern: re.Pattern, example: str, hint: str = ""
+) -> str:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        raise _fail(name, value, f"malformed; give a value such as {example!r}")
+        raise _fail(name, value, f"malformed; give a value such as {example!r}{hint}")
     return value
 
 
@@ -137,10 +150,10 @@ def _resource_id(prefix: str) -> re.Pattern:
     return re.compile(_RESOURCE_ID.format(prefix))
 
 
-def _whole(name: str, value: Any, low: int, high: int, unit: str) -> int:
+def _whole(name: str, value: Any, low: int, high: int, what: str) -> int:
     whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole or not low <= value <= high:
-        raise _fail(name, value, f"must be a whole number of {unit} from {low} to {high}")
+        raise _fail(name, value, f"must be {what} from {low} to {high}")
     return int(value)
 
 
@@ -180,7 +193,15 @@ def check_ports(value: Any) -> list[str]:
         raise _fail("extraPorts", value, "must be a list such as [80, '53/udp']")
     ports = []
     for item in value:
-        text = str(int(item)) if isinstance(item, (int, float)) else item
+        text = item
+        if isinstance(item, bool):
+            text = None  # YAML true is not port 1
+        elif isinstance(item, int):
+            text = str(item)
+        elif isinstance(item, float):
+            # Numbers cross the engine as doubles: 80.0 is port 80, but 80.7,
+            # NaN and infinity are no port.
+            text = str(int(item)) if item.is_integer() else None
         match = _PORT_SPEC.fullmatch(text) if isinstance(text, str) else None
         if match is None or not 1 <= int(match["port"]) <= 65535:
             raise _fail(
@@ -195,12 +216,35 @@ def check_ports(value: Any) -> list[str]:
 def check_tags(value: Any) -> dict[str, str]:
     """Validate a mapping of tag keys to string values."""
     if not isinstance(value, dict):
-        raise _fail("tags", value, "must be a mapping of tag keys to values")
+        raise _fail("tags", value, "must be a mapping of tag keys to values, e.g. {team: web}")
     for key, item in value.items():
         if not isinstance(key, str) or not key or key.lower().startswith("aws:"):
             raise _fail("tags", key, "tag keys must be non-empty and not start with 'aws:'")
+        if len(key) > MAX_TAG_KEY or key.startswith(DRIVER_TAG_PREFIX):
+            raise _fail(
+                "tags",
+                key,
+                f"tag keys have at most {MAX_TAG_KEY} characters and must not "
+                f"start with {DRIVER_TAG_PREFIX!r}, which the driver sets; "
+                f"rename the key",
+            )
         if not isinstance(item, str):
-            raise _fail(f"tags.{key}", item, "tag values must be strings")
+            raise _fail(f"tags.{key}", item, "tag values must be strings; quote the value")
+        if len(item) > MAX_TAG_VALUE:
+            raise _fail(
+                f"tags.{key}",
+                f"<{len(item)} characters>",
+                f"tag values have at most {MAX_TAG_VALUE} characters; shorten it",
+            )
+        if key == "Name" and not item.strip():
+            # An empty Name hides the instance's machine name in the console
+            # and in `aws ec2 describe-instances` output.
+            raise _fail(
+                "tags.Name",
+                item,
+                "an empty Name hides the machine in the EC2 console; give a name, "
+                "or remove the Name tag to have the machine name",
+            )
     return value
 
 
@@ -210,16 +254,30 @@ def check_spot_price(value: Any) -> str:
         price = float(value)
     except (TypeError, ValueError):
         price = -1.0
-    if isinstance(value, bool) or price <= 0:
-        raise _fail("spotPrice", value, "must be a price in USD per hour, e.g. '0.02'")
+    # float() accepts 'nan' and 'inf', which EC2 does not.
+    if isinstance(value, bool) or not math.isfinite(price) or price <= 0:
+        raise _fail(
+            "spotPrice",
+            value,
+            "must be a price in USD per hour, e.g. '0.02'; remove spotPrice to "
+            "pay the current spot price",
+        )
     return str(value)
 
 
 def check_endpoint_url(value: Any) -> str:
     """Validate an http or https URL for the EC2 API."""
-    parsed = urllib.parse.urlparse(value) if isinstance(value, str) else None
+    try:
+        parsed = urllib.parse.urlparse(value) if isinstance(value, str) else None
+    except ValueError:  # e.g. an unclosed '[' of an IPv6 address
+        parsed = None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise _fail("endpointUrl", value, "must be an http:// or https:// URL")
+        raise _fail(
+            "endpointUrl",
+            value,
+            "must be an http:// or https:// URL such as "
+            "'https://ec2.eu-west-1.amazonaws.com'; remove endpointUrl for AWS",
+        )
     return value
 
 
@@ -229,30 +287,42 @@ def check_user_data(value: Any) -> str:
         raise _fail("userData", value, "must be text, e.g. a cloud-init document")
     if len(value.encode()) > MAX_USER_DATA_BYTES:
         raise _fail(
-            "userData", f"<{len(value.encode())} bytes>", "EC2 accepts at most 16 KiB"
+            "userData",
+            f"<{len(value.encode())} bytes>",
+            "EC2 accepts at most 16 KiB; compress it (cloud-init reads gzip) or "
+            "fetch the rest from the instance",
         )
     return value
 
 
 def _check_id_list(name: str, value: Any, prefix: str) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise _fail(name, value, f"must be a non-empty list such as ['{prefix}-0123abcd']")
+        raise _fail(
+            name,
+            value,
+            f"must be a non-empty list such as ['{prefix}-0123abcd']; remove "
+            f"{name} to let the driver create a group",
+        )
     return [_check_pattern(name, item, _resource_id(prefix), f"{prefix}-0123abcd") for item in value]
 
 
 CHECKS: dict[str, Callable[[Any], Any]] = {
     "region": check_region,
-    "zone": lambda v: _check_pattern("zone", v, _ZONE, "a"),
+    "zone": lambda v: _check_pattern(
+        "zone", v, _ZONE, "a", "; give only the letter, the region comes from region"
+    ),
     "ami": lambda v: _check_pattern("ami", v, _AMI, "ami-0123456789abcdef0"),
     "amiParameter": lambda v: _check_text(
         "amiParameter", v, "give the name of an SSM parameter that holds an AMI id"
     ),
     "instanceType": lambda v: _check_pattern("instanceType", v, _INSTANCE_TYPE, "t3.micro"),
-    "vpcId": lambda v: _check_pattern("vpcId", v, _resource_id("vpc"), "vpc-0123abcd"),
+    "vpcId": lambda v: _check_pattern(
+        "vpcId", v, _resource_id("vpc"), "vpc-0123abcd", ", or remove vpcId for the default VPC"
+    ),
     "subnetId": lambda v: _check_pattern(
         "subnetId", v, _resource_id("subnet"), "subnet-0123abcd"
     ),
-    "rootSize": lambda v: _whole("rootSize", v, 1, MAX_ROOT_SIZE_GIB, "GiB"),
+    "rootSize": lambda v: _whole("rootSize", v, 1, MAX_ROOT_SIZE_GIB, "a whole number of GiB"),
     "volumeType": lambda v: _check_choice("volumeType", v, VOLUME_TYPES),
     "kmsKeyId": lambda v: _check_text("kmsKeyId", v, "give a KMS key id, alias or ARN"),
     "iamInstanceProfile": lambda v: _check_text(
@@ -270,16 +340,20 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "retryMode": lambda v: _check_choice("retryMode", v, RETRY_MODES),
     "allowedCidrs": check_cidrs,
     "extraPorts": check_ports,
-    "enginePort": lambda v: _whole("enginePort", v, 1, 65535, "port"),
+    "enginePort": lambda v: _whole("enginePort", v, 1, 65535, "a port number"),
     "securityGroupIds": lambda v: _check_id_list("securityGroupIds", v, "sg"),
     "keyPairName": lambda v: _check_text(
         "keyPairName", v, "give the name of a key pair of the region"
     ),
     "elasticIp": lambda v: _check_bool("elasticIp", v),
     "elasticIpAllocationId": lambda v: _check_pattern(
-        "elasticIpAllocationId", v, _resource_id("eipalloc"), "eipalloc-0123abcd"
+        "elasticIpAllocationId",
+        v,
+        _resource_id("eipalloc"),
+        "eipalloc-0123abcd",
+        ": the AllocationId that `aws ec2 describe-addresses` shows, not the address",
     ),
-    "sshTimeout": lambda v: _whole("sshTimeout", v, 1, 3600, "seconds"),
+    "sshTimeout": lambda v: _whole("sshTimeout", v, 1, 3600, "a whole number of seconds"),
 }
 
 
@@ -346,7 +420,16 @@ def check_combinations(
                 "given with elasticIp: false; remove one of the two",
             )
         )
-    if settings["privateAddressOnly"] and options.get("elasticIp") is True:
+    if settings["privateAddressOnly"] and "elasticIpAllocationId" in given:
+        failures.append(
+            _fail(
+                "elasticIpAllocationId",
+                options["elasticIpAllocationId"],
+                "an Elastic IP is a public address, but privateAddressOnly is true; "
+                "remove elasticIpAllocationId or privateAddressOnly",
+            )
+        )
+    elif settings["privateAddressOnly"] and options.get("elasticIp") is True:
         failures.append(
             _fail(
                 "elasticIp",
