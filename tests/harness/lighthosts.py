@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 MAX_HOSTS = 16
 READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 20.0
+INOTIFY_INSTANCES = 1024
 SSHD_LOG = "/var/log/sshd-counting.log"
 # Candidate private /24 networks for the veth links. Each fleet takes one that
 # no route of this machine covers, so a link never shadows a real network.
@@ -170,6 +171,7 @@ class LightHostFleet:
 
     def start(self) -> None:
         """Mount the image, start every host and wait until SSH and Docker respond."""
+        _raise_inotify_instances()
         image = vmimage.ensure_image()
         self.root.mkdir(parents=True, exist_ok=True)
         _run(["mount", "-o", "loop,ro", str(image.path), str(self.root)])
@@ -380,6 +382,25 @@ class LightHostFleet:
             if f"pdm-{self.run_id}-".encode() in cmdline:
                 found.append(f"process {pid_dir.name}: {cmdline[:80]!r}")
         return found
+
+
+def _raise_inotify_instances() -> None:
+    """Raise root's inotify instance limit to INOTIFY_INSTANCES if it is lower.
+
+    The containers run as root without a user namespace, so the inotify
+    instances of every host's systemd and services count against root's one
+    limit (128 on Debian 12). Two fleets of 16 at once went past it, and
+    systemd-nspawn then failed with "Too many open files".
+    """
+    path = Path("/proc/sys/fs/inotify/max_user_instances")
+    current = int(path.read_text())
+    if current < INOTIFY_INSTANCES:
+        logger.info(
+            "raising fs.inotify.max_user_instances from %d to %d for the light hosts",
+            current,
+            INOTIFY_INSTANCES,
+        )
+        path.write_text(f"{INOTIFY_INSTANCES}\n")
 
 
 def _run(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
