@@ -7,10 +7,9 @@ flock on ``.lock`` there is held, so concurrent processes on one workstation
 never hand out the same address. An address is leased only if every requested
 port can also be bound on it right now.
 
-Automatic allocation draws from 127.100.1.1 to 127.100.255.254. The block
-127.100.0.0/24 is left for addresses chosen by hand with :func:`take`, which
-accepts any IPv4 loopback address outside 127.0.0.0/24 (the block of
-127.0.0.1, where local services listen).
+Automatic allocation draws from 127.100.1.1 to 127.100.255.254. The
+addresses 127.100.0.2 to 127.100.0.254 are left for addresses chosen by hand
+with :func:`take`, which accepts no other address.
 
 A lease records the process that made it and lapses when that process exits.
 A lease made with ``persistent=True`` is for a VM that outlives the process
@@ -40,6 +39,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORTS = (22, 2376)
 NETWORK = ipaddress.IPv4Network("127.100.0.0/16")
 MANUAL_BLOCK = ipaddress.IPv4Network("127.100.0.0/24")
+MANUAL_RANGE = "127.100.0.2 to 127.100.0.254"
 _LOCALHOST_BLOCK = ipaddress.IPv4Network("127.0.0.0/24")
 
 
@@ -103,8 +103,11 @@ def take(
     persistent: bool = False,
     cache_dir: Path | None = None,
 ) -> Lease:
-    """Lease ``address`` itself, or raise AddressTakenError if it is not free."""
-    address = _validate_address(address)
+    """Lease ``address`` itself, or raise AddressTakenError if it is not free.
+
+    ``address`` must be in 127.100.0.2 to 127.100.0.254 (InvalidInputError).
+    """
+    address = check_manual_address(address)
     ports = _validate_ports(ports)
     with _locked(cache_dir) as directory:
         current = _read_live_lease(directory, address)
@@ -196,6 +199,24 @@ def _validate_address(address: str) -> str:
             address,
             "must be in 127.0.0.0/8 outside 127.0.0.0/24 and not end in .0 or "
             ".255; 127.100.0.2 to 127.100.0.254 are kept for manual choice",
+        )
+    return str(ip)
+
+
+def check_manual_address(address: str) -> str:
+    """Validate an address chosen by hand and return it normalised."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise InvalidInputError(
+            "loopback address", address, f"not an IPv4 address; give one in {MANUAL_RANGE}"
+        ) from None
+    if ip not in MANUAL_BLOCK or ip.packed[3] in (0, 1, 255):
+        raise InvalidInputError(
+            "loopback address",
+            address,
+            f"must be in {MANUAL_RANGE}, the addresses kept for manual choice "
+            f"(automatic ones start at 127.100.1.1)",
         )
     return str(ip)
 

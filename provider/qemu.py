@@ -42,10 +42,13 @@ QMP_NAME = "qmp.sock"
 _CREATED_NAMES = (DISK_NAME, PIDFILE_NAME, CONSOLE_NAME, QMP_NAME)
 # x86 kernels truncate a longer command line (COMMAND_LINE_SIZE).
 _MAX_KERNEL_COMMAND_LINE = 2047
-# sun_path has room for 108 bytes including the terminating NUL.
-_MAX_UNIX_SOCKET_PATH = 107
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")
+# A unix socket path is at most 107 bytes long (sun_path), shorter than a
+# machine directory's path may be. So both QEMU and the QMP client name the
+# socket through an O_PATH descriptor of the machine directory, as
+# /proc/self/fd/N/qmp.sock, which is short whatever the directory's path.
+_DIRECTORY_FLAGS = os.O_PATH | os.O_DIRECTORY
 
 
 class QemuError(DockerMachineError):
@@ -125,9 +128,14 @@ def kernel_command_line(authorized_key: str) -> str:
     return line
 
 
-def qemu_command(config: VMConfig) -> list[str]:
-    """Return the qemu-system-x86_64 command line that boots ``config``."""
+def qemu_command(config: VMConfig, qmp_socket: str | None = None) -> list[str]:
+    """Return the qemu-system-x86_64 command line that boots ``config``.
+
+    ``qmp_socket`` is the path QEMU binds its QMP socket to, by default
+    ``qmp.sock`` in the machine directory.
+    """
     machine_dir = config.machine_dir
+    qmp_socket = qmp_socket or str(machine_dir / QMP_NAME)
     guest_ports = {config.docker_port: 2376}
     if config.forward_ports is not None:
         guest_ports = {port: port for port in config.forward_ports}
@@ -147,7 +155,7 @@ def qemu_command(config: VMConfig) -> list[str]:
         "-nodefaults",
         "-display", "none",
         "-serial", f"file:{machine_dir / CONSOLE_NAME}",
-        "-qmp", f"unix:{machine_dir / QMP_NAME},server=on,wait=off",
+        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-drive", f"file={machine_dir / DISK_NAME},format=qcow2,if=virtio",
         "-netdev", f"user,id=net0,{forwards}",
         "-device", "virtio-net-pci,netdev=net0",
@@ -218,13 +226,19 @@ def start(config: VMConfig) -> VM:
         _create_overlay(config.image.path, disk, config.image.format, config.disk_size)
 
     logger.info("starting VM %s on %s", machine_dir, config.address)
-    completed = subprocess.run(
-        qemu_command(config),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    directory = os.open(machine_dir, _DIRECTORY_FLAGS)
+    try:
+        # QEMU inherits the descriptor and binds the socket through it.
+        completed = subprocess.run(
+            qemu_command(config, qmp_socket=f"/proc/self/fd/{directory}/{QMP_NAME}"),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=(directory,),
+        )
+    finally:
+        os.close(directory)
     if completed.returncode != 0:
         raise VMBootError(
             f"{QEMU_BINARY} failed to start the VM in {machine_dir} with exit "
@@ -369,14 +383,6 @@ def _validated(config: VMConfig) -> VMConfig:
     for field, value in (("machine_dir", str(machine_dir)), ("name", config.name)):
         if "," in value:
             raise InvalidInputError(field, value, "QEMU options cannot take a comma")
-    socket_path = machine_dir / QMP_NAME
-    if len(os.fsencode(socket_path)) > _MAX_UNIX_SOCKET_PATH:
-        raise InvalidInputError(
-            "machine_dir",
-            str(machine_dir),
-            f"too long for the QMP socket path {socket_path} (unix socket paths "
-            f"hold {_MAX_UNIX_SOCKET_PATH} bytes): choose a shorter directory",
-        )
     if config.image.kernel is not None:
         kernel_command_line(config.authorized_key)
     return replace(config, machine_dir=machine_dir)
@@ -474,7 +480,7 @@ def _qmp_execute(socket_path: Path, command: str, timeout: float = 10.0) -> dict
     """Run one QMP command and return its ``return`` value."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout)
-        connection.connect(str(socket_path))
+        _connect_unix(connection, socket_path)
         stream = connection.makefile("rwb")
         _qmp_read_reply(stream, "QMP")  # greeting
         for request in ("qmp_capabilities", command):
@@ -484,6 +490,15 @@ def _qmp_execute(socket_path: Path, command: str, timeout: float = 10.0) -> dict
             if "error" in reply:
                 raise QemuError(f"QMP {request} failed: {reply['error']}")
         return reply["return"]
+
+
+def _connect_unix(connection: socket.socket, socket_path: Path) -> None:
+    """Connect to ``socket_path`` through its directory's descriptor."""
+    directory = os.open(socket_path.parent, _DIRECTORY_FLAGS)
+    try:
+        connection.connect(f"/proc/self/fd/{directory}/{socket_path.name}")
+    finally:
+        os.close(directory)
 
 
 def _qmp_read_reply(stream, *keys: str) -> dict:

@@ -277,10 +277,30 @@ def recipe_hash(kernel_version: str, with_docker: bool = True) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def _image_path(cache_dir: Path | None, kernel: Kernel, with_docker: bool) -> Path:
+def _image_name(kernel_version: str, with_docker: bool) -> str:
     prefix = "debian12" if with_docker else "debian12-nodocker"
-    name = f"{prefix}-{recipe_hash(kernel.version, with_docker)[:16]}"
-    return (cache_dir or cache_root()) / "images" / f"{name}.raw"
+    return f"{prefix}-{recipe_hash(kernel_version, with_docker)[:16]}.raw"
+
+
+def _image_path(cache_dir: Path | None, kernel: Kernel, with_docker: bool) -> Path:
+    return (cache_dir or cache_root()) / "images" / _image_name(kernel.version, with_docker)
+
+
+def image_at(image_path: Path, boot_dir: Path = Path("/boot")) -> BaseImage | None:
+    """Return the project's image at ``image_path`` with the kernel it was built for.
+
+    An image contains the modules of one kernel version only, which its file
+    name encodes through the recipe hash. Returns None if no kernel in
+    ``boot_dir`` (with its initrd) matches that name.
+    """
+    for vmlinuz in boot_dir.glob("vmlinuz-*"):
+        version = vmlinuz.name.removeprefix("vmlinuz-")
+        initrd = boot_dir / f"initrd.img-{version}"
+        if not initrd.is_file():
+            continue
+        if image_path.name in (_image_name(version, True), _image_name(version, False)):
+            return BaseImage(image_path, vmlinuz, initrd, version)
+    return None
 
 
 def cached_image(cache_dir: Path | None = None) -> BaseImage | None:

@@ -10,8 +10,10 @@
 #   scripts/demo.sh destroy   pulumi destroy: removes the VM, its disk and address
 #
 # State lives in a local file backend under ~/.cache/pulumi-docker-machine/demo.
-# PULUMI_CONFIG_PASSPHRASE protects the stack's secrets; the demo sets a fixed
-# one unless you export your own.
+# The stack's secrets (the VM's SSH key) are encrypted with the passphrase
+# "pulumi-docker-machine demo", from which the encryptionsalt committed in
+# Pulumi.demo.yaml was made. Pulumi rejects any other passphrase for this
+# stack, so the script sets this one even if you exported your own.
 set -euo pipefail
 
 project_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,7 +24,8 @@ stack=demo
 eval "$("$project_dir/scripts/setup.sh")"
 mkdir -p "$demo_dir/backend"
 export PULUMI_BACKEND_URL="file://$demo_dir/backend"
-export PULUMI_CONFIG_PASSPHRASE=${PULUMI_CONFIG_PASSPHRASE:-pulumi-docker-machine demo}
+export PULUMI_CONFIG_PASSPHRASE="pulumi-docker-machine demo"
+unset PULUMI_CONFIG_PASSPHRASE_FILE
 cd "$project_dir"
 
 print_env() {

@@ -17,14 +17,19 @@ import pycdlib
 import pytest
 import yaml
 
-from provider import drivers, loopback
+from provider import drivers, loopback, qemu, vmimage
+from provider.drivers import qemu as qemu_driver
 from provider.drivers.common import generate_ssh_key
 from provider.drivers.seed import write_seed_image
 from provider.errors import InvalidInputError
 from provider.program import parse_machine
 from provider.resources.host import HostProvider
+from tests.harness.vm import take_manual_address
 
 KEY, _ = generate_ssh_key("test")
+_, HOST_KEY = generate_ssh_key("host")
+# Unprivileged ports, so the probes of an address also work without root.
+PORTS = (40022, 42376)
 
 
 def check(driver="qemu", olds=None, **inputs):
@@ -76,28 +81,71 @@ def test_qemu_image_of_another_format_rejected(tmp_path):
 
 
 def test_qemu_address_leased_elsewhere_rejected():
-    lease = loopback.take("127.100.0.251", holder="another machine")
+    lease = take_manual_address("another machine")
     try:
-        failures = check(address="127.100.0.251")
+        failures = check(address=lease.address)
         assert any("already leased to another machine" in f for f in failures), failures
         # The same address on a machine that has it already is no clash.
-        assert check(address="127.100.0.251", olds={"address": "127.100.0.251"}) == []
+        assert check(address=lease.address, olds={"address": lease.address}) == []
     finally:
         loopback.release(lease.address)
 
 
-def test_qemu_address_with_a_busy_port_rejected():
-    with socket.socket() as listener:
-        listener.bind(("127.100.0.252", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        failures = check(address="127.100.0.252", options={"forwardPorts": [port]})
+def test_qemu_address_with_a_busy_port_rejected(tmp_path, monkeypatch):
+    # The lease keeps other tests off the address. The check then reads an
+    # empty lease directory, so that it finds the address free of leases and
+    # probes its ports.
+    lease = take_manual_address("test of a busy port", PORTS)
+    monkeypatch.setenv("PDM_CACHE_DIR", str(tmp_path))
+    try:
+        with socket.socket() as listener:
+            listener.bind((lease.address, 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            failures = check(
+                address=lease.address, ssh_port=PORTS[0], options={"forwardPorts": [port]}
+            )
+    finally:
+        monkeypatch.delenv("PDM_CACHE_DIR")
+        loopback.release(lease.address)
     assert any(f"port(s) [{port}] already in use" in f for f in failures), failures
 
 
-def test_qemu_address_outside_loopback_rejected():
-    failures = check(address="10.0.0.5")
-    assert any("127.0.0.0/8" in failure for failure in failures), failures
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.5", "127.0.0.5", "127.1.2.3", "127.100.1.5", "127.100.0.1", "127.100.0.255"],
+)
+def test_qemu_address_outside_manual_range_rejected(address):
+    failures = check(address=address)
+    assert any(
+        f"invalid loopback address '{address}': must be in 127.100.0.2 to 127.100.0.254" in f
+        for f in failures
+    ), failures
+
+
+def test_qemu_address_check_without_bind_permission(monkeypatch):
+    """A user without root cannot bind port 22, so its probe fails."""
+
+    def probe_as_non_root(address, ports):
+        raise loopback.LoopbackError(f"binding port 22 on {address} needs root")
+
+    lease = take_manual_address("test of a failed probe", PORTS)
+    loopback.release(lease.address)
+    monkeypatch.setattr(loopback, "find_busy_ports", probe_as_non_root)
+    failures = check(address=lease.address)
+    assert failures == [
+        f"cannot check address '{lease.address}': binding port 22 on "
+        f"{lease.address} needs root"
+    ]
+
+
+def test_qemu_image_check_without_qemu_img(tmp_path, monkeypatch):
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * 4096)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    failures = check(options={"image": str(image), "diskSize": 4})
+    assert any("qemu-img not found on PATH" in f for f in failures), failures
+    assert any("qemu-utils" in f for f in failures), failures
 
 
 def test_generic_needs_address_and_key():
@@ -197,3 +245,185 @@ def test_qemu_diff_replaces_on_a_set_address():
 )
 def test_default_ssh_user_follows_driver_image(driver, expected):
     assert drivers.default_ssh_user(driver) == expected
+
+
+def qemu_host(machine_dir: Path, address: str, **settings) -> dict:
+    """Return the outputs of a qemu Host whose VM lives in ``machine_dir``."""
+    outputs = {
+        "driver": "qemu", "machine_name": "m", "address": address, "ssh_port": 22,
+        "ssh_user": "root", "ssh_private_key": KEY, "host_key": HOST_KEY, "os": "Debian",
+        "state": "running", "options": {},
+        "details": {
+            "machineDir": str(machine_dir), "image": str(machine_dir.parent / "base.raw"),
+            "publicKey": "ssh-ed25519 AAAA m",
+        },
+    }  # fmt: skip
+    outputs.update(settings)
+    return outputs
+
+
+class FakeVMs:
+    """Stand-ins for the qemu module's process calls, recording what ran."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+        self.calls: list[str] = []
+        self.boot_configs: list = []
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(qemu, "is_running", lambda machine_dir: self.running)
+        monkeypatch.setattr(qemu, "stop", self.stop)
+        monkeypatch.setattr(qemu, "boot", self.boot)
+        monkeypatch.setattr(qemu_driver, "log_in", self.log_in)
+
+    def stop(self, machine_dir, timeout=60.0):
+        self.calls.append("stop")
+        self.running = False
+
+    def boot(self, config, **limits):
+        self.calls.append("boot")
+        self.boot_configs.append(config)
+        self.running = True
+
+    def log_in(self, *args, **settings):
+        self.calls.append("log_in")
+        return HOST_KEY, "Debian"
+
+
+def test_qemu_read_of_deleted_machine_releases_lease(tmp_path):
+    machine_dir = tmp_path / "vms" / "m-0123abcd"
+    lease = loopback.allocate(
+        PORTS, f"machine m ({machine_dir})", persistent=True
+    )
+    try:
+        assert qemu_driver.DRIVER.read("qemu:x", qemu_host(machine_dir, lease.address)) is None
+        assert loopback.lease_of(lease.address) is None
+    finally:
+        loopback.release(lease.address)
+
+
+def test_qemu_read_keeps_lease_of_another_holder(tmp_path):
+    machine_dir = tmp_path / "vms" / "m-0123abcd"
+    lease = loopback.allocate(PORTS, "machine m (another directory)", persistent=True)
+    try:
+        assert qemu_driver.DRIVER.read("qemu:x", qemu_host(machine_dir, lease.address)) is None
+        assert loopback.lease_of(lease.address) == lease
+    finally:
+        loopback.release(lease.address)
+
+
+def test_qemu_failed_create_cleanup_continues_after_error(tmp_path, monkeypatch):
+    machine_dir = tmp_path / "vms" / "m-0123abcd"
+    machine_dir.mkdir(parents=True)
+    (machine_dir / "seed.img").write_bytes(b"seed")
+    lease = loopback.allocate(PORTS, f"machine m ({machine_dir})", persistent=True)
+
+    def survive_kill(directory):
+        raise qemu.QemuError(f"qemu pid 1234 of {directory} survived SIGKILL")
+
+    monkeypatch.setattr(qemu, "remove", survive_kill)
+    error = RuntimeError("boot failed")
+    try:
+        qemu_driver._remove_machine(machine_dir, lease.address, error)
+        assert not machine_dir.exists()
+        assert loopback.lease_of(lease.address) is None
+    finally:
+        loopback.release(lease.address)
+    assert error.__notes__ == [
+        f"cleanup failed stopping the VM in {machine_dir}: qemu pid 1234 of "
+        f"{machine_dir} survived SIGKILL"
+    ]
+
+
+def fake_boot_dir(tmp_path: Path, version: str) -> Path:
+    boot = tmp_path / f"boot-{version}"
+    boot.mkdir()
+    (boot / f"vmlinuz-{version}").write_bytes(b"kernel")
+    (boot / f"initrd.img-{version}").write_bytes(b"initrd")
+    return boot
+
+
+def use_boot_dir(monkeypatch, boot: Path) -> None:
+    image_at = vmimage.image_at
+    monkeypatch.setattr(vmimage, "image_at", lambda path: image_at(path, boot_dir=boot))
+
+
+def test_qemu_restart_boots_recorded_image(tmp_path, monkeypatch):
+    # The image was built for kernel 6.1.0-1. Since then 6.1.0-2 was
+    # installed, whose image would be another file.
+    old_kernel = vmimage.Kernel("6.1.0-1", Path("/unused"), Path("/unused"), Path("/unused"))
+    recorded = vmimage._image_path(tmp_path, old_kernel, with_docker=True)
+    recorded.parent.mkdir(parents=True)
+    recorded.write_bytes(b"image")
+    boot = fake_boot_dir(tmp_path, "6.1.0-1")
+    (boot / "vmlinuz-6.1.0-2").write_bytes(b"newer kernel")
+    (boot / "initrd.img-6.1.0-2").write_bytes(b"newer initrd")
+    use_boot_dir(monkeypatch, boot)
+
+    def no_new_image(*args, **settings):
+        raise AssertionError("a restart must not look for the current image")
+
+    monkeypatch.setattr(vmimage, "cached_image", no_new_image)
+    monkeypatch.setattr(vmimage, "ensure_image", no_new_image)
+    vms = FakeVMs(running=True)
+    vms.install(monkeypatch)
+    olds = qemu_host(tmp_path / "vms" / "m-0123abcd", "127.100.1.9")
+    olds["details"]["image"] = str(recorded)
+    news = {**olds, "options": {"memory": 2048}}
+
+    outputs = qemu_driver.DRIVER.update("qemu:x", olds, news)
+
+    assert vms.calls == ["stop", "boot", "log_in"]
+    image = vms.boot_configs[0].image
+    assert image.path == recorded
+    assert image.kernel == boot / "vmlinuz-6.1.0-1"
+    assert image.initrd == boot / "initrd.img-6.1.0-1"
+    assert outputs["details"]["image"] == str(recorded)
+
+
+def test_qemu_restart_without_image_explains(tmp_path, monkeypatch):
+    vms = FakeVMs(running=True)
+    vms.install(monkeypatch)
+    olds = qemu_host(tmp_path / "vms" / "m-0123abcd", "127.100.1.9")
+    news = {**olds, "options": {"cpus": 1}}
+
+    with pytest.raises(qemu.VMBootError) as raised:
+        qemu_driver.DRIVER.update("qemu:x", olds, news)
+
+    message = str(raised.value)
+    assert f"its base image {tmp_path / 'vms' / 'base.raw'} is gone" in message
+    assert "`pulumi up --replace` with the URN of m-host" in message
+    assert vms.calls == [], "the VM must keep running"
+
+
+def test_qemu_restart_without_kernel_explains(tmp_path, monkeypatch):
+    kernel = vmimage.Kernel("6.1.0-1", Path("/unused"), Path("/unused"), Path("/unused"))
+    recorded = vmimage._image_path(tmp_path, kernel, with_docker=True)
+    recorded.parent.mkdir(parents=True)
+    recorded.write_bytes(b"image")
+    use_boot_dir(monkeypatch, fake_boot_dir(tmp_path, "6.1.0-2"))
+    vms = FakeVMs(running=False)
+    vms.install(monkeypatch)
+    olds = qemu_host(tmp_path / "vms" / "m-0123abcd", "127.100.1.9", state="stopped")
+    olds["details"]["image"] = str(recorded)
+    news = {**olds, "state": "running"}
+
+    with pytest.raises(qemu.VMBootError, match="no kernel in /boot is the one its image"):
+        qemu_driver.DRIVER.update("qemu:x", olds, news)
+    assert vms.calls == []
+
+
+def test_qemu_forward_port_in_use_keeps_vm_running(tmp_path, monkeypatch):
+    lease = loopback.allocate(PORTS, "test of a forwarded port in use")
+    vms = FakeVMs(running=True)
+    vms.install(monkeypatch)
+    try:
+        with socket.create_server((lease.address, 0)) as listener:
+            port = listener.getsockname()[1]
+            olds = qemu_host(tmp_path / "vms" / "m-0123abcd", lease.address)
+            news = {**olds, "options": {"forwardPorts": [2376, port]}}
+            with pytest.raises(InvalidInputError, match=rf"port\(s\) \[{port}\] already in use"):
+                qemu_driver.DRIVER.update("qemu:x", olds, news)
+    finally:
+        loopback.release(lease.address)
+    assert vms.calls == [], "the VM must keep running"

@@ -4,8 +4,8 @@ The lifecycle tests run in file order on one stack with one VM. They cover
 create, the docker client through the exported variables, and power off and
 on in place. Then the VM is killed by hand, refresh shows it and `pulumi up`
 brings it back, and destroy must leave no process, disk, directory or address
-lease behind. The bad-input test runs `pulumi preview` only and must leave
-nothing at all.
+lease behind. The bad-input tests run `pulumi preview` only. A create that
+fails after QEMU started must leave nothing behind either.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 from provider import loopback, qemu
 from tests.harness.netguard import check_dialable
+from tests.harness.vm import take_manual_address
 
 pytestmark = pytest.mark.vm
 
@@ -77,6 +78,21 @@ def process_gone(pid):
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def qemu_processes_naming(directory):
+    """Return the pids of live processes whose command line contains ``directory``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or process_gone(int(proc.name)):
+            continue
+        try:
+            arguments = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(directory).encode() in arguments:
+            pids.append(int(proc.name))
+    return pids
 
 
 def assert_docker_answers(outputs):
@@ -176,8 +192,6 @@ def preview_output(stack_factory, machine):
     stack.write_config([machine])
     completed = stack.preview(check=False)
     assert completed.returncode != 0
-    assert not (stack.machines_home / "vms").exists()
-    assert stack.resources() == []
     return completed.stdout + completed.stderr
 
 
@@ -198,9 +212,37 @@ def test_bad_settings_rejected_at_preview(stack_factory):
 
 
 def test_leased_address_rejected_at_preview(stack_factory):
-    leased = loopback.take("127.100.0.250", holder="a test holding this address")
+    leased = take_manual_address("a test holding this address")
     try:
         output = preview_output(stack_factory, qemu_machine(address=leased.address))
     finally:
         loopback.release(leased.address)
-    assert "invalid address '127.100.0.250': already leased to a test holding this address" in output
+    expected = f"invalid address '{leased.address}': already leased to a test holding this address"
+    assert expected in output
+
+
+def test_failed_create_leaves_nothing(stack_factory, tmp_path):
+    """A disk without a boot loader: QEMU runs, but SSH never sends a banner.
+
+    The 63-character name, the longest allowed, also makes the QMP socket's
+    path in the machine directory longer than a unix socket path may be.
+    """
+    blank_disk = tmp_path / "blank.raw"
+    blank_disk.write_bytes(b"\0" * 1024**2)
+    name = "n" * 63
+    stack = stack_factory()
+    stack.write_config([qemu_machine(name=name, qemu={"image": str(blank_disk), "sshTimeout": 10})])
+
+    completed = stack.up(check=False)
+
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0
+    assert "sent no banner" in output
+    # The stack's CA may have been created, but the Host must not be in the state.
+    urns = [resource["urn"] for resource in stack.resources()]
+    assert not any(urn.endswith(f"::{name}-host") for urn in urns), urns
+    vms = stack.machines_home / "vms"
+    assert not vms.exists() or list(vms.iterdir()) == []
+    assert qemu_processes_naming(vms) == []
+    holders = [lease.holder for lease in loopback.list_leases()]
+    assert not any(str(vms) in holder for holder in holders), holders

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import asyncssh
@@ -31,8 +34,14 @@ def _allocate_persistent(cache_dir: str) -> str:
     ).address
 
 
-def _allocate_and_exit(cache_dir: str) -> str:
-    return loopback.allocate(PORTS, "lapsing", cache_dir=Path(cache_dir)).address
+def _take_and_exit(cache_dir: str) -> str:
+    return loopback.take("127.100.0.3", PORTS, "lapsing", cache_dir=Path(cache_dir)).address
+
+
+def _take_persistent(cache_dir: str) -> str:
+    return loopback.take(
+        "127.100.0.3", PORTS, "pool", persistent=True, cache_dir=Path(cache_dir)
+    ).address
 
 
 def qemu_processes_of(machine_dir: Path) -> list[int]:
@@ -68,7 +77,7 @@ def test_allocate_distinct_across_processes(tmp_path):
 
 
 def test_take_rejects_leased_address(tmp_path):
-    lease = loopback.allocate(PORTS, "holder", cache_dir=tmp_path)
+    lease = loopback.take("127.100.0.3", PORTS, "holder", cache_dir=tmp_path)
 
     with pytest.raises(loopback.AddressTakenError, match="already leased to holder"):
         loopback.take(lease.address, PORTS, cache_dir=tmp_path)
@@ -98,7 +107,7 @@ def test_take_after_release(tmp_path):
 
 def test_lease_lapses_when_holder_exits(tmp_path):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        address = pool.apply(_allocate_and_exit, (str(tmp_path),))
+        address = pool.apply(_take_and_exit, (str(tmp_path),))
     # The pool's worker has exited, so its lease no longer counts.
     lease = loopback.take(address, PORTS, "successor", cache_dir=tmp_path)
 
@@ -107,7 +116,7 @@ def test_lease_lapses_when_holder_exits(tmp_path):
 
 def test_persistent_lease_survives_holder(tmp_path):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        address = pool.apply(_allocate_persistent, (str(tmp_path),))
+        address = pool.apply(_take_persistent, (str(tmp_path),))
 
     with pytest.raises(loopback.AddressTakenError):
         loopback.take(address, PORTS, cache_dir=tmp_path)
@@ -115,11 +124,18 @@ def test_persistent_lease_survives_holder(tmp_path):
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "127.0.0.5", "10.0.0.1", "54.1.2.3", "::1", "localhost"],
-    ids=["localhost-ip", "localhost-block", "private", "public", "ipv6", "name"],
-)
-def test_take_rejects_non_vm_address(tmp_path, address):
-    with pytest.raises(InvalidInputError):
+    [
+        "127.0.0.1", "127.0.0.5", "127.1.2.3", "127.100.1.5", "127.100.0.1",
+        "127.100.0.255", "10.0.0.1", "54.1.2.3", "::1", "localhost",
+    ],
+    ids=[
+        "localhost-ip", "localhost-block", "other-loopback", "automatic-range",
+        "manual-block-first", "manual-block-broadcast", "private", "public", "ipv6",
+        "name",
+    ],
+)  # fmt: skip
+def test_take_rejects_address_outside_manual_range(tmp_path, address):
+    with pytest.raises(InvalidInputError, match="127.100.0.2 to 127.100.0.254"):
         loopback.take(address, PORTS, cache_dir=tmp_path)
 
 
@@ -134,9 +150,17 @@ def test_wait_for_ssh_rejects_public_address():
         qemu.wait_for_ssh("54.1.2.3", 22, timeout=1, attempts=1)
 
 
-def test_wait_for_ssh_needs_banner_not_just_tcp():
+@pytest.fixture
+def test_address():
+    """A loopback address leased for the test, so that no other test binds it."""
+    lease = loopback.allocate(PORTS, "wait_for_ssh test")
+    yield lease.address
+    loopback.release(lease.address)
+
+
+def test_wait_for_ssh_needs_banner_not_just_tcp(test_address):
     """A listener that accepts and closes, as QEMU's forwarding does early on."""
-    server = socket.create_server(("127.100.0.250", 0))
+    server = socket.create_server((test_address, 0))
     port = server.getsockname()[1]
     stop = threading.Event()
 
@@ -155,17 +179,15 @@ def test_wait_for_ssh_needs_banner_not_just_tcp():
         with pytest.raises(
             qemu.SSHWaitTimeoutError, match="no banner after 3 attempts"
         ):
-            qemu.wait_for_ssh(
-                "127.100.0.250", port, timeout=5, attempts=3, interval=0.1
-            )
+            qemu.wait_for_ssh(test_address, port, timeout=5, attempts=3, interval=0.1)
     finally:
         stop.set()
         thread.join()
         server.close()
 
 
-def test_wait_for_ssh_returns_banner():
-    server = socket.create_server(("127.100.0.251", 0))
+def test_wait_for_ssh_returns_banner(test_address):
+    server = socket.create_server((test_address, 0))
     port = server.getsockname()[1]
 
     def send_banner():
@@ -176,12 +198,74 @@ def test_wait_for_ssh_returns_banner():
     thread = threading.Thread(target=send_banner)
     thread.start()
     try:
-        banner = qemu.wait_for_ssh("127.100.0.251", port, timeout=10, attempts=2)
+        banner = qemu.wait_for_ssh(test_address, port, timeout=10, attempts=2)
     finally:
         thread.join()
         server.close()
 
     assert banner == "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"
+
+
+@pytest.fixture
+def stand_in_qemu(tmp_path):
+    """A sleeping process that counts as the qemu of ``tmp_path``.
+
+    :func:`qemu.is_running` looks for the pid file's path in the command line
+    of the process that the pid file names.
+    """
+    pidfile = tmp_path / qemu.PIDFILE_NAME
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(pidfile)]
+    )
+    pidfile.write_text(f"{process.pid}\n")
+    # Right after exec, /proc shows an empty command line for a moment.
+    deadline = time.monotonic() + 10
+    while not qemu.is_running(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert qemu.is_running(tmp_path)
+    yield process
+    process.kill()
+    process.wait(timeout=10)
+
+
+def write_console_log(machine_dir: Path) -> list[str]:
+    """Write a console log of 41 lines and return the 30 its tail must show."""
+    boot_lines = [f"[   {n}.000000] boot step {n}" for n in range(40)]
+    # systemd colours its status lines with terminal escape sequences.
+    text = "\n".join(boot_lines) + "\n\x1b[0;1;31mFAILED\x1b[0m to start sshd\r\n"
+    (machine_dir / qemu.CONSOLE_NAME).write_text(text)
+    return boot_lines[-29:] + ["FAILED to start sshd"]
+
+
+def test_wait_for_ssh_timeout_shows_console_tail(test_address, tmp_path, stand_in_qemu):
+    expected_tail = write_console_log(tmp_path)
+    # A bound socket that does not listen: every connection is refused.
+    with socket.socket() as closed_port:
+        closed_port.bind((test_address, 0))
+        port = closed_port.getsockname()[1]
+        with pytest.raises(qemu.SSHWaitTimeoutError) as raised:
+            qemu.wait_for_ssh(
+                test_address, port, machine_dir=tmp_path, timeout=1, attempts=3, interval=0.2
+            )
+
+    message = str(raised.value)
+    assert "sent no banner after" in message
+    assert message.split("Last console lines:\n", 1)[1].splitlines() == expected_tail
+
+
+def test_wait_for_ssh_exited_vm_shows_console_tail(test_address, tmp_path):
+    expected_tail = write_console_log(tmp_path)
+    with socket.socket() as closed_port:
+        closed_port.bind((test_address, 0))
+        port = closed_port.getsockname()[1]
+        with pytest.raises(qemu.VMBootError) as raised:
+            qemu.wait_for_ssh(
+                test_address, port, machine_dir=tmp_path, timeout=10, attempts=3, interval=0.2
+            )
+
+    message = str(raised.value)
+    assert f"the VM in {tmp_path} exited before SSH responded" in message
+    assert message.split("last console lines:\n", 1)[1].splitlines() == expected_tail
 
 
 def test_kernel_command_line_carries_public_key_only():
@@ -244,13 +328,41 @@ def test_vm_boot_failure_cleans_up(tmp_path):
     """QEMU cannot forward a port that is in use, so the boot fails at once."""
     image = vmimage.ensure_image()
     machine_dir = tmp_path / "machine"
-    config = qemu.VMConfig(machine_dir, image, "127.100.0.252", PUBLIC_KEY)
+    lease = loopback.allocate(holder="test of a failed boot")
+    config = qemu.VMConfig(machine_dir, image, lease.address, PUBLIC_KEY)
 
-    with socket.create_server(("127.100.0.252", 2376)):
-        with pytest.raises(qemu.VMBootError, match="failed to start"):
-            qemu.boot(config)
+    try:
+        with socket.create_server((lease.address, 2376)):
+            with pytest.raises(qemu.VMBootError, match="failed to start"):
+                qemu.boot(config)
+    finally:
+        loopback.release(lease.address)
 
     assert not machine_dir.exists()
+    assert qemu_processes_of(machine_dir) == []
+
+
+@pytest.mark.vm
+def test_qmp_socket_in_deep_machine_dir(tmp_path, test_address):
+    """QEMU starts, and QMP replies, where the socket path exceeds sun_path."""
+    base = tmp_path / "blank.raw"
+    base.write_bytes(b"\0" * 1024**2)
+    machine_dir = tmp_path / ("d" * 100) / "machine"
+    config = qemu.VMConfig(
+        machine_dir, vmimage.BaseImage(base, None, None, ""), test_address, PUBLIC_KEY,
+        memory_mb=64, cpus=1, ssh_port=PORTS[0], docker_port=PORTS[1],
+    )  # fmt: skip
+    assert len(bytes(machine_dir / qemu.QMP_NAME)) > 107
+
+    qemu.start(config)
+    try:
+        # The disk has no boot loader, so the guest idles in the firmware.
+        status = qemu._qmp_execute(machine_dir / qemu.QMP_NAME, "query-status")
+        assert status["status"] == "running"
+    finally:
+        # No guest OS handles the power-down request, so stop kills QEMU.
+        qemu.stop(machine_dir, timeout=2)
+    assert not qemu.is_running(machine_dir)
     assert qemu_processes_of(machine_dir) == []
 
 

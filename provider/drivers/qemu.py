@@ -18,6 +18,7 @@ and takes its key from a cloud-init seed the driver writes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -46,6 +47,8 @@ ACCELERATORS = ("tcg", "kvm")
 SEED_NAME = "seed.img"
 GIB = 1024**3
 
+logger = logging.getLogger(__name__)
+
 
 def _failure(setting: str, value: Any, reason: str) -> CheckFailure:
     return CheckFailure("options", str(InvalidInputError(f"qemu.{setting}", value, reason)))
@@ -62,11 +65,23 @@ def _host_memory_mb() -> int:
 
 
 def image_info(path: Path) -> dict[str, Any]:
-    """Return ``qemu-img info`` of ``path`` (format and virtual size)."""
-    completed = subprocess.run(
-        ["qemu-img", "info", "--output=json", str(path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    """Return ``qemu-img info`` of ``path`` (format and virtual size).
+
+    Raises InvalidInputError if qemu-img cannot read the file, and QemuError
+    if qemu-img itself is missing or hangs.
+    """
+    try:
+        completed = subprocess.run(
+            ["qemu-img", "info", "--output=json", str(path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise qemu.QemuError(
+            "qemu-img not found on PATH, so disk images cannot be read: install "
+            "the Debian package qemu-utils"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise qemu.QemuError(f"qemu-img info {path} timed out after 60 s") from None
     if completed.returncode != 0:
         raise InvalidInputError(
             "qemu.image", str(path),
@@ -90,7 +105,7 @@ def _check_image(value: Any) -> list[CheckFailure]:
         ]  # fmt: skip
     try:
         info = image_info(path)
-    except InvalidInputError as error:
+    except (InvalidInputError, qemu.QemuError) as error:
         return [CheckFailure("options", str(error))]
     if info.get("format") not in ("raw", "qcow2"):
         return [
@@ -150,7 +165,11 @@ def _check_disk_size(image: Any, disk_gib: int) -> list[CheckFailure]:
     elif is_unknown(image):
         return []
     else:
-        base_size = int(image_info(Path(image).expanduser()).get("virtual-size", 0))
+        try:
+            info = image_info(Path(image).expanduser())
+        except (InvalidInputError, qemu.QemuError) as error:
+            return [CheckFailure("options", str(error))]
+        base_size = int(info.get("virtual-size", 0))
     if disk_gib * GIB < base_size:
         return [
             _failure(
@@ -229,11 +248,15 @@ class QemuDriver(Driver):
         if is_unknown(address) or any(is_unknown(port) for port in ports):
             return []
         try:
+            address = loopback.check_manual_address(address)
             lease = loopback.lease_of(address)
+            busy = [] if lease is not None else loopback.find_busy_ports(address, ports)
         except InvalidInputError as error:
             return [CheckFailure("address", f"{error}; or leave address unset to get one")]
+        except (loopback.LoopbackError, OSError) as error:
+            # Binding the SSH port 22 needs root or CAP_NET_BIND_SERVICE.
+            return [CheckFailure("address", f"cannot check address {address!r}: {error}")]
         if lease is None:
-            busy = loopback.find_busy_ports(address, ports)
             if not busy:
                 return []
             return [
@@ -248,7 +271,7 @@ class QemuDriver(Driver):
             CheckFailure(
                 "address",
                 f"invalid address {address!r}: already leased to {lease.holder}; "
-                f"choose another address in 127.100.0.2 to 127.100.0.254, or leave "
+                f"choose another address in {loopback.MANUAL_RANGE}, or leave "
                 f"address unset to get a free one",
             )
         ]
@@ -315,13 +338,21 @@ class QemuDriver(Driver):
                 "first boot; replace the machine to change it",
             )  # fmt: skip
 
-        if qemu.is_running(machine_dir) and (requested_state == "stopped" or reboot):
+        running = qemu.is_running(machine_dir)
+        image = None
+        if requested_state == "running" and (reboot or not running):
+            # Checked while the VM still runs, because a VM stopped for a
+            # restart that then fails to boot would stay down.
+            _require_free_ports(olds["address"], old_options, new_options)
+            image = _recorded_image(details, new_options, news["machine_name"])
+
+        if running and (requested_state == "stopped" or reboot):
             report(f"powering off {news['machine_name']}")
             qemu.stop(machine_dir)
 
         host_key, os_name = olds["host_key"], olds.get("os")
-        if requested_state == "running" and not qemu.is_running(machine_dir):
-            _boot(news, details, olds["address"], details["publicKey"])
+        if image is not None:
+            _boot(news, details, olds["address"], details["publicKey"], image)
             # The recorded host key must match: the disk is the same one.
             host_key, os_name = log_in(
                 olds["address"], int(olds["ssh_port"]), news["ssh_user"], private_key,
@@ -338,6 +369,8 @@ class QemuDriver(Driver):
     def read(self, id_: str, props: dict[str, Any]) -> dict[str, Any] | None:
         machine_dir = Path((props.get("details") or {}).get("machineDir", ""))
         if not (machine_dir / qemu.DISK_NAME).is_file():
+            # Gone, so the engine drops the resource and delete never runs.
+            _release_own_lease(props, machine_dir)
             return None
         state = "running" if qemu.is_running(machine_dir) else "stopped"
         return {**props, "state": state}
@@ -379,12 +412,16 @@ def _base_image(options: dict[str, Any]) -> vmimage.BaseImage:
     return image
 
 
+def _lease_holder(name: str, machine_dir: Path) -> str:
+    return f"machine {name} ({machine_dir})"
+
+
 def _lease(
     address: str | None, ports: list[int], name: str, machine_dir: Path
 ) -> loopback.Lease:
     # The lease is persistent: it outlives the provider process and ends
     # only when the machine is destroyed.
-    holder = f"machine {name} ({machine_dir})"
+    holder = _lease_holder(name, machine_dir)
     if address:
         return loopback.take(address, ports, holder=holder, persistent=True)
     lease = loopback.allocate(ports, holder=holder, persistent=True)
@@ -392,17 +429,78 @@ def _lease(
     return lease
 
 
+def _release_own_lease(props: dict[str, Any], machine_dir: Path) -> None:
+    """Release the machine's address if its lease is still this machine's."""
+    address = props.get("address")
+    if not address:
+        return
+    lease = loopback.lease_of(address)
+    if lease is None or lease.holder != _lease_holder(props["machine_name"], machine_dir):
+        return
+    report(f"{machine_dir} is gone: releasing the loopback address {address}")
+    loopback.release(address)
+
+
+def _require_free_ports(
+    address: str, old_options: dict[str, Any], new_options: dict[str, Any]
+) -> None:
+    """Raise if a port newly listed in forwardPorts is in use on ``address``."""
+    old_ports = old_options.get("forwardPorts", DEFAULT_FORWARD_PORTS)
+    new_ports = new_options.get("forwardPorts", DEFAULT_FORWARD_PORTS)
+    added = [int(port) for port in new_ports if port not in old_ports]
+    busy = loopback.find_busy_ports(address, added)
+    if busy:
+        raise InvalidInputError(
+            "qemu.forwardPorts", new_ports,
+            f"port(s) {busy} already in use on {address}, so the VM could not "
+            f"boot with them; it keeps running with the old ports. Stop what "
+            f"listens there (`ss -ltnp`) or forward other ports",
+        )  # fmt: skip
+
+
+def _recorded_image(
+    details: dict[str, Any], options: dict[str, Any], name: str
+) -> vmimage.BaseImage:
+    """Return the base image the machine's disk was made from, as recorded.
+
+    The overlay contains only the changes made on top of that image, and
+    the project's image contains the modules of one kernel only. So a restart
+    must use the same image and kernel even after a newer image was built.
+    """
+    path = Path(details["image"])
+    replace_hint = (
+        f"or replace the machine, which deletes its disk: `pulumi up --replace` "
+        f"with the URN of {name}-host"
+    )
+    if not path.is_file():
+        raise qemu.VMBootError(
+            f"cannot start {name}: its base image {path} is gone, and its disk "
+            f"holds only the changes made on top of that image. Restore the "
+            f"file, {replace_hint}"
+        )
+    if options.get("image"):
+        return vmimage.BaseImage(path, None, None, "", format=image_info(path)["format"])
+    image = vmimage.image_at(path)
+    if image is None:
+        raise qemu.VMBootError(
+            f"cannot start {name}: no kernel in /boot is the one its image {path} "
+            f"was built for (a kernel upgrade may have removed it), and the image has "
+            f"modules for that kernel only. Reinstall that kernel's package, "
+            f"{replace_hint}"
+        )
+    return image
+
+
 def _boot(
     props: dict[str, Any],
     details: dict[str, Any],
     address: str,
     public_key: str,
-    image: vmimage.BaseImage | None = None,
+    image: vmimage.BaseImage,
 ) -> None:
-    """Start the machine's VM and wait for its SSH banner."""
+    """Start the machine's VM from ``image`` and wait for its SSH banner."""
     options = props.get("options") or {}
     machine_dir = Path(details["machineDir"])
-    image = image or _base_image(options)
     seed = None
     if image.kernel is None:
         seed = machine_dir / SEED_NAME
@@ -445,16 +543,27 @@ def _first_boot_script(options: dict[str, Any], image: vmimage.BaseImage) -> str
 
 
 def _remove_machine(machine_dir: Path, address: str, error: BaseException) -> None:
-    """Undo a failed create: the VM, its directory and its lease."""
-    try:
-        qemu.remove(machine_dir)
-        shutil.rmtree(machine_dir, ignore_errors=True)
-    except OSError as cleanup_error:
-        error.add_note(f"cleanup failed removing {machine_dir}: {cleanup_error}")
-    try:
-        loopback.release(address)
-    except OSError as cleanup_error:
-        error.add_note(f"cleanup failed releasing {address}: {cleanup_error}")
+    """Undo a failed create: the VM, its directory and its lease.
+
+    Every step runs even if an earlier one failed, and each failure becomes
+    a note on ``error``.
+    """
+    steps = [
+        (f"stopping the VM in {machine_dir}", lambda: qemu.remove(machine_dir)),
+        (f"removing {machine_dir}", lambda: _remove_tree(machine_dir)),
+        (f"releasing {address}", lambda: loopback.release(address)),
+    ]
+    for description, step in steps:
+        try:
+            step()
+        except Exception as cleanup_error:  # reported below, then the next step
+            logger.error("cleanup failed %s: %s", description, cleanup_error)
+            error.add_note(f"cleanup failed {description}: {cleanup_error}")
+
+
+def _remove_tree(directory: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
 
 
 DRIVER = QemuDriver()

@@ -300,6 +300,25 @@ def _run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
         return pool.submit(asyncio.run, coroutine).result()
 
 
+def take_manual_address(
+    holder: str, ports: tuple[int, ...] = loopback.DEFAULT_PORTS
+) -> loopback.Lease:
+    """Lease a free address of the range kept for addresses chosen by hand.
+
+    Tests that need such an address lease it here rather than naming a fixed
+    one, so that parallel runs and other tests never share it.
+    """
+    for last_octet in range(2, 255):
+        try:
+            return loopback.take(f"127.100.0.{last_octet}", ports, holder)
+        except loopback.AddressTakenError:
+            continue
+    raise loopback.AddressesExhaustedError(
+        f"every address of {loopback.MANUAL_RANGE} is leased or has a port of "
+        f"{list(ports)} in use"
+    )
+
+
 @pytest.fixture(scope="session")
 def shared_vm() -> Iterator[TestVM]:
     """Boot one VM for the whole test session and stop it at the end."""
