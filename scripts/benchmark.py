@@ -490,6 +490,7 @@ def main() -> None:
             (f"up, {HOSTS} machines", fleet_figures["up"], f"script floor, {HOSTS} hosts", script_all, "-"),
             (f"up, {HOSTS} machines", fleet_figures["up"], f"Ansible, {HOSTS} hosts", ansible_all, "<= 0.5"),
             ("up, 1 machine", one["up"], "Ansible, 1 host", ansible_one, "<= 0.5"),
+            ("configure, 1 machine", one["configure"], "Ansible, 1 host", ansible_one, "<= 0.5"),
             (f"no-op up, {HOSTS} machines", fleet_figures["noop_up"], f"no-op up, {resources} trivial", floor["noop_up"], "<= 1.2"),
             (f"preview, {HOSTS} machines", fleet_figures["preview"], f"preview, {resources} trivial", floor["preview"], "<= 1.2"),
             (f"refresh, {HOSTS} machines", fleet_figures["refresh"], f"refresh, {resources} trivial", floor["refresh"], "-"),
