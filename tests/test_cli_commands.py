@@ -410,6 +410,20 @@ def test_cwd_option_without_project_file(one_machine, tmp_path):
     assert "no Pulumi.yaml or Pulumi.yml" in completed.stderr
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e300", "soon"])
+@pytest.mark.parametrize("command", ["ls", "status"])
+def test_timeout_option_rejected(one_machine, command, timeout):
+    arguments = [command, "--timeout", timeout]
+    if command == "status":
+        arguments.append("build-1")
+    completed = one_machine.run_tool(*arguments)
+    assert completed.returncode == 2, completed.stderr
+    assert f"argument --timeout: invalid value '{timeout}'" in completed.stderr
+    assert "above 0 and at most 3600" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert one_machine.calls() == []
+
+
 # ---------------------------------------------------------------- env --unset
 
 

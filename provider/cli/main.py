@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -59,10 +60,28 @@ def _add_name(parser: argparse.ArgumentParser, nargs: str | None = None) -> None
     parser.add_argument("name", metavar="NAME", nargs=nargs, help="machine name")
 
 
+# socket.settimeout raises OverflowError for 1e10 s (CPython 3.11 on Linux).
+MAX_TIMEOUT_SECONDS = 3600
+
+
+def _timeout_seconds(text: str) -> float:
+    """Parse ``--timeout``: seconds, more than 0 and at most MAX_TIMEOUT_SECONDS."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: give a number of seconds above 0 and at "
+            f"most {MAX_TIMEOUT_SECONDS}, e.g. 3"
+        )
+    return seconds
+
+
 def _add_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout_seconds,
         default=DEFAULT_PROBE_TIMEOUT_SECONDS,
         help="seconds to wait for each network operation of the live check "
         f"(default {DEFAULT_PROBE_TIMEOUT_SECONDS:g})",
