@@ -427,3 +427,13 @@ def test_qemu_forward_port_in_use_keeps_vm_running(tmp_path, monkeypatch):
     finally:
         loopback.release(lease.address)
     assert vms.calls == [], "the VM must keep running"
+
+
+def test_qemu_project_image_root_only(tmp_path):
+    failures = check(ssh_user="ubuntu", options={})
+    messages = [f for f in failures if "invalid ssh_user 'ubuntu'" in f]
+    assert len(messages) == 1, failures
+    assert "set qemu.image to a cloud image" in messages[0]
+    image = tmp_path / "cloud.raw"
+    image.write_bytes(b"\0" * 4096)
+    assert check(ssh_user="ubuntu", options={"image": str(image)}) == []

@@ -181,6 +181,27 @@ def _check_disk_size(image: Any, disk_gib: int) -> list[CheckFailure]:
     return []
 
 
+def _check_ssh_user(user: Any, options: dict[str, Any]) -> list[CheckFailure]:
+    """Reject a login other than root on the project's image.
+
+    The project's image installs the machine's key for root only, from the
+    kernel command line. Only an ``image`` gets a cloud-init seed, which
+    installs it for ``sshUser``.
+    """
+    if options.get("image") is not None or user in (None, "root") or is_unknown(user):
+        return []
+    message = str(
+        InvalidInputError(
+            "ssh_user",
+            user,
+            "the project's Debian image lets only root log in; remove sshUser, "
+            "or set qemu.image to a cloud image, whose cloud-init seed installs "
+            "the key for this user",
+        )
+    )
+    return [CheckFailure("ssh_user", message)]
+
+
 def _check_accelerator(accelerator: Any) -> list[CheckFailure]:
     if accelerator not in ACCELERATORS:
         return [_failure("accelerator", accelerator, f"use one of: {', '.join(ACCELERATORS)}")]
@@ -212,6 +233,7 @@ class QemuDriver(Driver):
         failures += _check_storage(options)
         failures += _check_accelerator(options.get("accelerator", "tcg"))
         failures += self._check_ports(inputs, options)
+        failures += _check_ssh_user(inputs.get("ssh_user"), options)
         timeout = options.get("sshTimeout", DEFAULT_SSH_TIMEOUT)
         if _int_setting(timeout) is None or not 10 <= _int_setting(timeout) <= 7200:
             failures.append(
