@@ -35,6 +35,8 @@ def parse_cert_authority(settings: Any, is_secret: bool = False) -> dict[str, An
     settings = settings or {}
     if not isinstance(settings, dict):
         raise InvalidInputError("certAuthority", settings, "must be a mapping")
+    # A setting set to null counts as unset, so it takes its default.
+    settings = {key: value for key, value in settings.items() if value is not None}
     unknown = sorted(set(settings) - KEYS)
     if unknown:
         raise InvalidInputError(
@@ -123,8 +125,15 @@ def _read_pem(
         raise InvalidInputError(field, path_text, "must be the path of a PEM file")
     try:
         return field, Path(path_text).expanduser().read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or "not text"
+    except (OSError, ValueError) as error:
+        # The ValueError is a UnicodeDecodeError, or pathlib's error for a NUL
+        # character in the path.
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+        elif isinstance(error, UnicodeDecodeError):
+            reason = "not text"
+        else:
+            reason = "not a valid path"
         raise InvalidInputError(
             field,
             path_text,

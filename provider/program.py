@@ -39,6 +39,8 @@ MACHINE_KEYS = {
     *DRIVER_MODULES,
 }
 
+DEFAULT_ENGINE_PORT = 2376
+
 # Stack configuration names of the install settings -> DockerDaemonConfig's.
 INSTALL_KEYS = {
     "method": "method",
@@ -70,17 +72,27 @@ class MachineSpec:
     install: Any = None
 
 
-def _read_key_file(path_text: str, where: str) -> str:
-    path = Path(path_text).expanduser()
-    try:
-        return path.read_text()
-    except OSError as error:
+def _read_key_file(path_text: Any, where: str) -> str:
+    field = f"{where}.sshPrivateKeyFile"
+    if not isinstance(path_text, str):
         raise InvalidInputError(
-            f"{where}.sshPrivateKeyFile",
-            path_text,
-            f"cannot be read ({error.strerror}); give the path of an existing "
-            f"private key file on this machine",
-        ) from None
+            field, path_text, "must be the path of a private key file, as text"
+        )
+    try:
+        return Path(path_text).expanduser().read_text()
+    except OSError as error:
+        reason = error.strerror
+    except UnicodeDecodeError:
+        reason = "not text"
+    except ValueError:
+        # pathlib raises ValueError for a path with a NUL character.
+        reason = "not a valid path"
+    raise InvalidInputError(
+        field,
+        path_text,
+        f"cannot be read ({reason}); give the path of an existing private key "
+        f"file on this machine",
+    )
 
 
 def _private_key(entry: dict[str, Any], where: str, driver: Any) -> str | None:
@@ -134,6 +146,8 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
     where = f"machines[{index}]"
     if not isinstance(entry, dict):
         raise InvalidInputError(where, entry, "must be a mapping with name and address")
+    # A setting set to null counts as unset, so it takes its default.
+    entry = {key: value for key, value in entry.items() if value is not None}
     unknown = sorted(set(entry) - MACHINE_KEYS)
     if unknown:
         raise InvalidInputError(
@@ -142,6 +156,12 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
             f"{', '.join(sorted(MACHINE_KEYS))}",
         )
     driver = entry.get("driver", "generic")
+    if not isinstance(driver, str) or driver not in DRIVER_MODULES:
+        raise InvalidInputError(
+            f"{where}.driver",
+            driver,
+            f"unknown driver; use one of: {', '.join(DRIVER_MODULES)}",
+        )
     if driver == "generic" and "address" not in entry:
         raise InvalidInputError(
             f"{where}.address", None, "missing; give the IP address or DNS name of the host"
@@ -155,6 +175,7 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
                 f"{driver!r}; set driver: {other}, or remove these settings",
             )
     _check_engine_port_forwarded(entry, driver, where)
+    options = _driver_options(entry, driver, where)
     return MachineSpec(
         # The name becomes part of resource names, so it is checked here.
         name=checks.check_machine_name(entry.get("name"), f"{where}.name"),
@@ -165,28 +186,71 @@ def parse_machine(entry: Any, index: int) -> MachineSpec:
         ssh_private_key=_private_key(entry, where, driver),
         ssh_host_key=entry.get("sshHostKey"),
         extra_sans=entry.get("extraSans", []),
-        engine_port=entry.get("enginePort", 2376),
+        engine_port=entry.get("enginePort", DEFAULT_ENGINE_PORT),
         state=entry.get("state"),
-        options=entry.get(driver),
+        options=options,
         rotate_server_cert=entry.get("rotateServerCert"),
         engine=entry.get("engine"),
         install=_install_settings(entry.get("install"), where),
     )
 
 
+def _port_number(value: Any) -> Any:
+    """Return a port given as an int, a whole float or digits as an int.
+
+    Any other value is returned as it is, for the resources to reject.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return value
+
+
 def _check_engine_port_forwarded(entry: dict[str, Any], driver: Any, where: str) -> None:
     """Reject a qemu machine whose engine port QEMU would not forward."""
     if driver != "qemu" or not isinstance(entry.get("qemu", {}), dict):
         return
-    engine_port = entry.get("enginePort", 2376)
-    forwarded = entry.get("qemu", {}).get("forwardPorts", [2376])
-    if isinstance(forwarded, list) and engine_port not in forwarded:
+    engine_port = entry.get("enginePort", DEFAULT_ENGINE_PORT)
+    forwarded = entry.get("qemu", {}).get("forwardPorts", [DEFAULT_ENGINE_PORT])
+    if not isinstance(forwarded, list):
+        return
+    if _port_number(engine_port) not in [_port_number(port) for port in forwarded]:
         raise InvalidInputError(
             f"{where}.enginePort",
             engine_port,
             f"not among the ports QEMU forwards to the VM ({forwarded}); add it to "
             f"{where}.qemu.forwardPorts",
         )
+
+
+def _driver_options(entry: dict[str, Any], driver: str, where: str) -> Any:
+    """Return the driver's settings, with the amazonec2 engine port filled in.
+
+    The amazonec2 driver opens its own ``enginePort`` (default 2376) in the
+    security group, so it must be the port dockerd listens on, the machine's
+    ``enginePort``. It is filled in only when it is not the default, so the
+    settings of existing machines stay as they were.
+    """
+    options = entry.get(driver)
+    if driver != "amazonec2" or (options is not None and not isinstance(options, dict)):
+        return options
+    engine_port = _port_number(entry.get("enginePort", DEFAULT_ENGINE_PORT))
+    if "enginePort" in (options or {}):
+        if _port_number(options["enginePort"]) != engine_port:
+            raise InvalidInputError(
+                f"{where}.amazonec2.enginePort",
+                options["enginePort"],
+                f"differs from {where}.enginePort ({engine_port}), the port dockerd "
+                f"listens on, so the security group would open the wrong port; "
+                f"remove amazonec2.enginePort or give both the same value",
+            )
+        return options
+    if engine_port == DEFAULT_ENGINE_PORT:
+        return options
+    return {**(options or {}), "enginePort": engine_port}
 
 
 def parse_machines(entries: Any) -> list[MachineSpec]:
@@ -208,7 +272,42 @@ def parse_machines(entries: Any) -> list[MachineSpec]:
                 f"give every machine its own name",
             )
         seen[machine.name] = index
+    _reject_shared_hosts(machines)
     return machines
+
+
+def _reject_shared_hosts(machines: list[MachineSpec]) -> None:
+    """Reject two machines with the same host, or two qemu VMs with one address.
+
+    Two machines on one host would write the same daemon.json. A generic
+    host is its address and SSH port. A qemu VM is its address alone,
+    because the address is leased to one VM.
+    """
+    seen: dict[tuple[Any, ...], int] = {}
+    for index, machine in enumerate(machines):
+        if machine.driver == "amazonec2" or not isinstance(machine.address, str):
+            continue
+        address = machine.address.lower().removesuffix(".")
+        if machine.driver == "qemu":
+            key: tuple[Any, ...] = ("qemu", address)
+            same = "address"
+            reason = "an address is leased to one VM"
+        else:
+            ssh_port = _port_number(machine.ssh_port)
+            key = (machine.driver, address, ssh_port)
+            same = f"address and sshPort {ssh_port}"
+            reason = (
+                "two machines on one host would overwrite each other's Docker "
+                "configuration"
+            )
+        if key in seen:
+            raise InvalidInputError(
+                f"machines[{index}].address",
+                machine.address,
+                f"machines[{seen[key]}] has the same {same}, and {reason}; give "
+                f"each machine a host of its own",
+            )
+        seen[key] = index
 
 
 def _write_cert_dir(directory: Path, values: list[str]) -> str:

@@ -42,7 +42,9 @@ def keys(tmp_path_factory):
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
     )
-    return {"private": str(private), "public": str(public)}
+    binary = directory / "id_ed25519.der"
+    binary.write_bytes(b"\x30\x82\xff\xfe")
+    return {"private": str(private), "public": str(public), "binary": str(binary)}
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,37 @@ CASES = [
         lambda keys: [machine(keys, install={"methd": "package"})],
         {},
         ["machines[0].install.methd", "unknown install setting"],
+    ),
+    (
+        "driver-not-text",
+        lambda keys: [machine(keys, driver=["generic"])],
+        {},
+        ["machines[0].driver", "['generic']", "unknown driver; use one of"],
+    ),
+    (
+        "binary-key-file",
+        lambda keys: [machine(keys, sshPrivateKeyFile=keys["binary"])],
+        {},
+        ["machines[0].sshPrivateKeyFile", "id_ed25519.der", "cannot be read (not text)"],
+    ),
+    (
+        "shared-host",
+        lambda keys: [machine(keys), machine(keys, name="bad-input-2")],
+        {},
+        ["machines[1].address", "machines[0] has the same address and sshPort"],
+    ),
+    (
+        "amazonec2-engine-port-mismatch",
+        lambda keys: [
+            {
+                "name": "bad-input",
+                "driver": "amazonec2",
+                "enginePort": 2377,
+                "amazonec2": {"enginePort": 2376, "allowedCidrs": ["127.0.0.0/8"]},
+            }
+        ],
+        {},
+        ["machines[0].amazonec2.enginePort", "differs from machines[0].enginePort (2377)"],
     ),
     (
         "unknown-algorithm",

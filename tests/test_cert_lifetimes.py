@@ -157,6 +157,16 @@ def write(path: Path, text: str) -> str:
     return str(path)
 
 
+def write_bytes(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_settings_null_means_default() -> None:
+    settings = {"validityDays": None, "expiryWarningDays": None, "rotate": None}
+    assert parse_cert_authority(settings) == {}
+
+
 def test_settings_inline_imported_ca(root_ca) -> None:
     settings = {"caCertPem": root_ca.cert_pem, "caKeyPem": root_ca.key_pem}
     arguments = parse_cert_authority(settings, is_secret=True)
@@ -233,6 +243,14 @@ def bad_settings_cases(root_ca, intermediate_ca, tmp_path):
         "validity-with-import": (
             {"caCertPem": root_ca.cert_pem, "caKeyPem": root_ca.key_pem, "validityDays": 9},
             "invalid certAuthority.validityDays 9: applies only to a CA this stack creates",
+        ),
+        "binary-file": (
+            {"caCertFile": write_bytes(tmp_path / "ca.der", b"\x30\x82\xff"), "caKeyPem": "x"},
+            "invalid certAuthority.caCertFile",
+        ),
+        "nul-in-path": (
+            {"caCertFile": str(tmp_path / "ca.pem") + "\0", "caKeyPem": root_ca.key_pem},
+            "cannot be read (not a valid path)",
         ),
         "unknown-setting": ({"caCert": "x"}, "invalid certAuthority.caCert"),
         "bad-warning-days": (
@@ -419,3 +437,11 @@ def test_daemon_check_rejects_bad_rotate() -> None:
     inputs = daemon_outputs(rotate_server_cert=["x"])
     failures = DockerDaemonConfigProvider().check({}, inputs).failures
     assert [failure.property for failure in failures] == ["rotate_server_cert"]
+    assert "invalid rotate_server_cert ['x']" in failures[0].reason
+
+
+def test_daemon_check_engine_port_unset() -> None:
+    inputs = daemon_outputs()
+    del inputs["engine_port"]
+    failures = DockerDaemonConfigProvider().check({}, inputs).failures
+    assert failures == []

@@ -22,7 +22,7 @@ from provider.drivers import qemu as qemu_driver
 from provider.drivers.common import generate_ssh_key
 from provider.drivers.seed import write_seed_image
 from provider.errors import InvalidInputError
-from provider.program import parse_machine
+from provider.program import parse_machine, parse_machines
 from provider.resources.host import HostProvider
 from tests.harness.vm import take_manual_address
 
@@ -427,6 +427,109 @@ def test_qemu_forward_port_in_use_keeps_vm_running(tmp_path, monkeypatch):
     finally:
         loopback.release(lease.address)
     assert vms.calls == [], "the VM must keep running"
+
+
+def generic_entry(**settings):
+    entry = {"name": "m", "address": "127.0.0.1", "sshPrivateKey": KEY}
+    entry.update(settings)
+    return entry
+
+
+@pytest.mark.parametrize("driver", [["generic"], {"name": "qemu"}, 5, "virtualbox"])
+def test_program_rejects_unknown_driver(driver):
+    with pytest.raises(InvalidInputError, match=r"machines\[0\]\.driver .*unknown driver"):
+        parse_machine(generic_entry(driver=driver), 0)
+
+
+def test_program_null_setting_takes_default():
+    entry = generic_entry(driver=None, sshPort=None, enginePort=None, extraSans=None, qemu=None)
+    spec = parse_machine(entry, 0)
+    assert spec.driver == "generic"
+    assert spec.ssh_port == 22
+    assert spec.engine_port == 2376
+    assert spec.extra_sans == []
+
+
+def test_program_null_address_missing():
+    with pytest.raises(InvalidInputError, match=r"machines\[0\]\.address None: missing"):
+        parse_machine(generic_entry(address=None), 0)
+
+
+@pytest.mark.parametrize(
+    ("make_path", "fragment"),
+    [
+        (lambda tmp: 5, "invalid machines[0].sshPrivateKeyFile 5: must be the path"),
+        (lambda tmp: ["id"], "must be the path of a private key file"),
+        (lambda tmp: str(tmp / "id") + "\0", "cannot be read (not a valid path)"),
+        (lambda tmp: str(tmp), "cannot be read (Is a directory)"),
+        (lambda tmp: str(tmp / "missing"), "cannot be read (No such file or directory)"),
+        (lambda tmp: write_binary(tmp / "id.der"), "cannot be read (not text)"),
+    ],
+    ids=["int", "list", "nul", "directory", "missing", "binary"],
+)
+def test_program_key_file_unreadable(tmp_path, make_path, fragment):
+    entry = {"name": "m", "address": "127.0.0.1", "sshPrivateKeyFile": make_path(tmp_path)}
+    with pytest.raises(InvalidInputError) as caught:
+        parse_machine(entry, 0)
+    assert fragment in str(caught.value)
+
+
+def write_binary(path: Path) -> str:
+    path.write_bytes(b"\x30\x82\xff\xfe")
+    return str(path)
+
+
+def test_program_qemu_engine_port_as_digits():
+    spec = parse_machine({"name": "m", "driver": "qemu", "enginePort": "2376"}, 0)
+    assert spec.engine_port == "2376"
+    entry = {"name": "m", "driver": "qemu", "enginePort": 2377, "qemu": {"forwardPorts": [2377.0]}}
+    assert parse_machine(entry, 0).engine_port == 2377
+
+
+def test_program_rejects_shared_generic_host():
+    machines = [generic_entry(name="a"), generic_entry(name="b", sshPort=22.0)]
+    with pytest.raises(InvalidInputError) as caught:
+        parse_machines(machines)
+    message = str(caught.value)
+    assert "invalid machines[1].address '127.0.0.1'" in message
+    assert "machines[0] has the same address and sshPort 22" in message
+
+
+def test_program_allows_hosts_on_other_ports():
+    machines = [generic_entry(name="a"), generic_entry(name="b", sshPort=2222)]
+    assert [spec.name for spec in parse_machines(machines)] == ["a", "b"]
+
+
+def test_program_rejects_shared_qemu_address():
+    machines = [
+        {"name": "a", "driver": "qemu", "address": "127.100.0.77"},
+        {"name": "b", "driver": "qemu", "address": "127.100.0.77", "sshPort": 2222},
+    ]
+    with pytest.raises(InvalidInputError, match=r"machines\[1\]\.address .*leased to one VM"):
+        parse_machines(machines)
+
+
+def ec2_entry(**settings):
+    entry = {"name": "m", "driver": "amazonec2", "amazonec2": {"allowedCidrs": ["127.0.0.0/8"]}}
+    entry.update(settings)
+    return entry
+
+
+def test_amazonec2_engine_port_from_machine():
+    assert parse_machine(ec2_entry(enginePort=2377), 0).options["enginePort"] == 2377
+    # The default port stays implicit, so existing machines see no change.
+    assert "enginePort" not in parse_machine(ec2_entry(), 0).options
+    assert "enginePort" not in parse_machine(ec2_entry(enginePort=2376), 0).options
+
+
+@pytest.mark.parametrize(
+    ("machine_port", "driver_port"), [(2377, 2376), (None, 2377), (2376, "2377")]
+)
+def test_amazonec2_engine_port_mismatch(machine_port, driver_port):
+    entry = ec2_entry(enginePort=machine_port)
+    entry["amazonec2"]["enginePort"] = driver_port
+    with pytest.raises(InvalidInputError, match=r"machines\[0\]\.amazonec2\.enginePort .*differs"):
+        parse_machine(entry, 0)
 
 
 def test_qemu_project_image_root_only(tmp_path):

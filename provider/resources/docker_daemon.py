@@ -91,7 +91,9 @@ def _port_clash(inputs: dict[str, Any], failures: list) -> list[CheckFailure]:
     """Reject an engine port equal to the SSH port of the same address."""
     ssh_port = inputs.get("ssh_port")
     engine_port = inputs.get("engine_port")
-    if failures or is_unknown(ssh_port) or is_unknown(engine_port) or ssh_port is None:
+    if failures or is_unknown(ssh_port) or is_unknown(engine_port):
+        return []
+    if ssh_port is None or engine_port is None:
         return []
     if int(engine_port) != int(ssh_port):
         return []
@@ -180,7 +182,10 @@ class DockerDaemonConfigProvider(ResourceProvider):
                     lambda v: checks.check_validity_days(v, "server_validity_days"),
                 ),
                 ("ca_cert_pem", _check_ca_cert),
-                ("rotate_server_cert", checks.check_rotate),
+                (
+                    "rotate_server_cert",
+                    lambda v: checks.check_rotate(v, "rotate_server_cert"),
+                ),
                 ("expiry_warning_days", expiry.check_warning_days),
                 ("engine", engine_options.check_engine),
                 ("install", engine_install.check_install),
@@ -357,7 +362,7 @@ class DockerDaemonConfig(Resource, module="docker-machine", name="DockerDaemonCo
             "client_cert_pem": cert_authority.client_cert_pem,
             "client_key_pem": cert_authority.client_key_pem,
             "extra_sans": extra_sans or [],
-            "engine_port": engine_port,
+            "engine_port": DEFAULT_ENGINE_PORT if engine_port is None else engine_port,
             "engine": engine or {},
             "driver": getattr(host, "driver", "generic"),
             "server_validity_days": server_validity_days,

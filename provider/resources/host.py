@@ -156,17 +156,19 @@ class Host(Resource, module="docker-machine", name="Host"):
         ssh_port: pulumi.Input[int] = 22,
         ssh_user: pulumi.Input[str] | None = None,
         host_key: pulumi.Input[str] | None = None,
-        driver: str = "generic",
+        driver: str | None = "generic",
         machine_name: pulumi.Input[str] | None = None,
         state: pulumi.Input[str] | None = None,
         options: pulumi.Input[dict] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        # None selects the default, as leaving the argument out does.
+        driver = "generic" if driver is None else driver
         props = {
             "driver": driver,
             "machine_name": machine_name or resource_name,
             "address": address,
-            "ssh_port": ssh_port,
+            "ssh_port": 22 if ssh_port is None else ssh_port,
             "ssh_user": default_ssh_user(driver) if ssh_user is None else ssh_user,
             "ssh_private_key": (
                 None if ssh_private_key is None else pulumi.Output.secret(ssh_private_key)
