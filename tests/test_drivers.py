@@ -95,10 +95,12 @@ def test_qemu_address_with_a_busy_port_rejected(tmp_path, monkeypatch):
     # The lease keeps other tests off the address. The check then reads an
     # empty lease directory, so that it finds the address free of leases and
     # probes its ports.
+    # The lease is released in the directory it was taken in, with the
+    # caller's PDM_CACHE_DIR back in place.
     lease = take_manual_address("test of a busy port", PORTS)
-    monkeypatch.setenv("PDM_CACHE_DIR", str(tmp_path))
     try:
-        with socket.socket() as listener:
+        with monkeypatch.context() as patch, socket.socket() as listener:
+            patch.setenv("PDM_CACHE_DIR", str(tmp_path))
             listener.bind((lease.address, 0))
             listener.listen()
             port = listener.getsockname()[1]
@@ -106,8 +108,8 @@ def test_qemu_address_with_a_busy_port_rejected(tmp_path, monkeypatch):
                 address=lease.address, ssh_port=PORTS[0], options={"forwardPorts": [port]}
             )
     finally:
-        monkeypatch.delenv("PDM_CACHE_DIR")
         loopback.release(lease.address)
+    assert loopback.lease_of(lease.address) is None
     assert any(f"port(s) [{port}] already in use" in f for f in failures), failures
 
 
