@@ -5,6 +5,9 @@
 # when its result is already there.
 #
 #   eval "$(scripts/setup.sh)"
+#
+# With --without-engine it stops before the engine build and puts only the
+# virtualenv on PATH.
 set -euo pipefail
 
 project_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,6 +51,11 @@ if [[ ! -x $venv/bin/pulumi-docker-machine ]]; then
     log "installing the pulumi-docker-machine command into .venv"
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps \
         -e "$project_dir" >&2
+fi
+
+if [[ ${1:-} == --without-engine ]]; then
+    echo "export PATH=\"$venv/bin:\$PATH\""
+    exit 0
 fi
 
 engine_bin=$("$project_dir/scripts/install-engine.sh")
