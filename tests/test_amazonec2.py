@@ -554,7 +554,7 @@ def test_client_token_fits_ec2_limit_for_longest_name(moto):
 
 @pytest.fixture
 def aws_spot_requests(moto, driver_events):
-    """Make moto answer a spot RunInstances the way EC2 does, with a spot request.
+    """Make moto reply to a spot RunInstances the way EC2 does, with a spot request.
 
     NOTE: moto's RunInstances marks a spot instance but makes no spot request
     (moto 5.2). This handler makes one through moto's RequestSpotInstances, a
@@ -662,7 +662,7 @@ def test_spot_instance_type_change_replaces():
 
 def test_run_failure_after_launch_terminates_instance(moto, driver_events):
     # The instance is launched, then the reply is lost: what botocore gives
-    # up with after its retries of a 5xx answer or a time-out.
+    # up with after its retries of a 5xx response or a time-out.
     before = moto.inventory()
     launched = []
 

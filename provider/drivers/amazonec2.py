@@ -43,9 +43,9 @@ from provider.resources.base import is_unknown
 STOPPED_STATES = ("stopping", "stopped")
 # EC2 rejects a RunInstances ClientToken longer than this.
 MAX_CLIENT_TOKEN = 64
-# After a RunInstances that failed without an answer from EC2 (5xx, time-out),
+# After a RunInstances that failed without a response from EC2 (5xx, time-out),
 # how often to look for an instance it launched all the same. DescribeInstances
-# may list a new instance only seconds later; the looks are 2, 4 and 8 s apart.
+# may list a new instance only seconds later, so the looks are 2, 4 and 8 s apart.
 LAUNCH_LOOKS = 4
 LAUNCH_LOOK_DELAY = 2.0
 
@@ -87,8 +87,8 @@ class AmazonEC2Driver(Driver):
         replaces = []
         if _input_changed("ssh_private_key", olds, news):
             # The instance trusts the public key of the key pair it was
-            # launched with, and EC2 never changes that; a new key pair would
-            # let nobody in. A new instance, launched with the new key, does.
+            # launched with, and EC2 never changes it. So a new key pair alone
+            # would lock the new key out, while a new instance trusts it.
             replaces.append("ssh_private_key")
         if any(old[name] != new[name] for name in self.replace_on_options):
             replaces.append("options")
@@ -780,8 +780,8 @@ def _delete_key_pair(ec2: Any, name: str) -> None:
 def _launch_uncertain(error: BaseException) -> bool:
     """Tell whether a failed RunInstances may have launched an instance.
 
-    A 4xx answer means EC2 refused the request; anything else (a 5xx answer,
-    a time-out, a lost connection, an interrupt) leaves it open.
+    A 4xx response means EC2 rejected the request. Anything else (a 5xx
+    response, a time-out, a lost connection, an interrupt) leaves it open.
     """
     import botocore.exceptions
 
